@@ -1,0 +1,99 @@
+"""REST endpoints for the audit log and API keys."""
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask.views import MethodView
+from marshmallow import fields, validate
+
+from flagship import audit, auth
+from flagship.api import PageArgs, actor, make_blueprint, page_body, requires, runtime
+
+blp = make_blueprint("admin", "Audit log and API keys")
+
+
+class AuditArgs(PageArgs):
+    """Filters of `GET /audit`."""
+
+    actor = fields.String()
+    action = fields.String(metadata={"description": "e.g. flag.update"})
+    target_type = fields.String(metadata={"description": "flag, segment, api_key, ..."})
+    target = fields.String(metadata={"description": "key of the changed object"})
+    since = fields.AwareDateTime(default_timezone=None)
+    until = fields.AwareDateTime(default_timezone=None)
+
+
+class AuditEntrySchema(ma.Schema):
+    id = fields.Integer()
+    at = fields.String()
+    actor = fields.String()
+    action = fields.String()
+    target_type = fields.String()
+    target = fields.String()
+    before = fields.Raw(allow_none=True)
+    after = fields.Raw(allow_none=True)
+
+
+class AuditPageSchema(ma.Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+
+
+class KeyCreateSchema(ma.Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    scope = fields.String(required=True, validate=validate.OneOf(auth.SCOPES))
+
+
+class KeySchema(ma.Schema):
+    name = fields.String()
+    scope = fields.String()
+    prefix = fields.String()
+    created_at = fields.String()
+    created_by = fields.String()
+    revoked_at = fields.String(allow_none=True)
+    key = fields.String(metadata={"description": "the secret; only in the create response"})
+
+
+@blp.route("/audit")
+class Audit(MethodView):
+    @requires("admin")
+    @blp.arguments(AuditArgs, location="query")
+    @blp.response(200, AuditPageSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The audit log, newest first, filtered by actor, action, target or time"""
+        page, per_page = args.pop("page"), args.pop("per_page")
+        with runtime().db.session() as session:
+            rows, total = audit.list_audit(session, offset=(page - 1) * per_page, limit=per_page,
+                                           **args)
+            items = [audit.audit_to_dict(row) for row in rows]
+        return page_body(items, total, page, per_page)
+
+
+@blp.route("/keys")
+class Keys(MethodView):
+    @requires("admin")
+    @blp.response(200, KeySchema(many=True))
+    def get(self) -> list[dict[str, Any]]:
+        """List API keys (never their secrets)"""
+        return auth.list_keys(runtime())
+
+    @requires("admin")
+    @blp.arguments(KeyCreateSchema)
+    @blp.response(201, KeySchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create an API key; the secret is in this response only"""
+        secret = auth.create_key(runtime(), actor(), body["name"], body["scope"])
+        listed = next(k for k in auth.list_keys(runtime()) if k["name"] == body["name"])
+        return {**listed, "key": secret}
+
+
+@blp.route("/keys/<name>")
+class KeyByName(MethodView):
+    @requires("admin")
+    @blp.response(200, KeySchema)
+    def delete(self, name: str) -> dict[str, Any]:
+        """Revoke an API key; it stops working at once"""
+        return auth.revoke_key(runtime(), actor(), name)

@@ -1,0 +1,47 @@
+"""The composition root: `create_app` builds everything; nothing is module-level."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask, redirect
+
+from flagship.config import load_config
+from flagship.db import Database
+from flagship.plugins import make_plugin_manager, operator_table
+from flagship.runtime import Runtime
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build a flagship app from FLAGSHIP_* settings plus `config` overrides."""
+    settings = load_config(config)
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.json.sort_keys = False
+
+    plugins = make_plugin_manager(settings["PLUGINS"].split(","),
+                                  entry_points=settings.get("ENTRY_POINTS", True))
+    runtime = Runtime(db=Database(settings["DATABASE_URL"]), plugins=plugins,
+                      operators=operator_table(plugins), config=settings)
+    app.extensions["flagship"] = runtime
+    _init_services(runtime)
+    _init_http(app)
+    return app
+
+
+def _init_services(runtime: Runtime) -> None:
+    from flagship.flags.snapshots import SnapshotCache
+
+    runtime.caches["snapshots"] = SnapshotCache(runtime.db, runtime.operators)
+
+
+def _init_http(app: Flask) -> None:
+    from flagship import admin_api
+    from flagship.api import init_api
+    from flagship.flags import api as flags_api
+
+    api = init_api(app)
+    api.register_blueprint(flags_api.blp)
+    api.register_blueprint(admin_api.blp)
+    app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
+    app.add_url_rule("/", "index", lambda: redirect("/api/docs"))

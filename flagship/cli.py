@@ -1,0 +1,159 @@
+"""The `flagship` command line: serve, db, keys, plugins."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from flagship.config import load_config
+from flagship.errors import ConfigError, FlagshipError
+
+
+def _settings(**overrides: Any) -> dict[str, Any]:
+    try:
+        return load_config({k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+def _app(**overrides: Any) -> Any:
+    from flagship.app import create_app
+
+    try:
+        return create_app({k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+def _runtime(**overrides: Any) -> Any:
+    return _app(**overrides).extensions["flagship"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """flagship: feature flags, experiments and progressive delivery."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations to FLAGSHIP_DATABASE_URL."""
+    from flagship.db import upgrade
+
+    settings = _settings()
+    upgrade(settings["DATABASE_URL"])
+    click.echo(f"database at head: {settings['DATABASE_URL']}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True)
+@click.option("--name", required=True, help="A unique name, e.g. the service that uses it.")
+def keys_create(scope: str, name: str) -> None:
+    """Create a key and print it alone on stdout (it is shown only once)."""
+    from flagship.auth import create_key
+
+    try:
+        secret = create_key(_runtime(), "cli", name, scope)
+    except FlagshipError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def keys_list(as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    from flagship.auth import list_keys
+
+    rows = list_keys(_runtime())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
+        click.echo(f"{row['name']:<24} {row['scope']:<6} {row['prefix']}...  {state}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Revoke a key by name."""
+    from flagship.auth import revoke_key
+
+    try:
+        revoke_key(_runtime(), "cli", name)
+    except FlagshipError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"revoked {name}", err=True)
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_cmd(as_json: bool) -> None:
+    """List loaded plugins, their hooks and the operators they provide."""
+    from flagship.plugins import describe_plugins
+
+    runtime = _runtime()
+    rows = describe_plugins(runtime.plugins)
+    operators = sorted(runtime.operators)
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "operators": operators}, indent=2))
+        return
+    for row in rows:
+        dist = f" ({row['distribution']})" if row["distribution"] else ""
+        click.echo(f"{row['name']}{dist}: {', '.join(row['hooks'])}")
+    click.echo(f"operators: {', '.join(operators)}")
+
+
+def ensure_admin_key(runtime: Any, out: Any = sys.stderr) -> str | None:
+    """First start: with no admin key at all, create one (or store FLAGSHIP_ADMIN_KEY)."""
+    from flagship.auth import count_live_keys, create_key, list_keys
+
+    if count_live_keys(runtime, "admin"):
+        return None
+    taken = {row["name"] for row in list_keys(runtime)}
+    name = next(n for n in (f"admin-{i}" if i else "admin" for i in range(1000)) if n not in taken)
+    given = runtime.config["ADMIN_KEY"] or None
+    secret = create_key(runtime, "bootstrap", name, "admin", secret=given)
+    if given is None:
+        print(f"\nCreated the first admin API key (shown once, keep it):\n\n    {secret}\n\n"
+              f"Use it as: curl -H 'Authorization: Bearer {secret}' "
+              f"http://{runtime.config['HOST']}:{runtime.config['PORT']}/api/v1/flags\n"
+              "More keys: flagship keys create --scope admin|sdk --name NAME\n", file=out)
+    return secret
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Bind address [FLAGSHIP_HOST, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [FLAGSHIP_PORT, 8000].")
+@click.option("--workers", type=int, default=None, help="Processes [FLAGSHIP_WORKERS, 2].")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the server with gunicorn (migrates first on the embedded SQLite default)."""
+    from flagship.db import upgrade
+    from flagship.wsgi import run_gunicorn
+
+    settings = _settings(HOST=host, PORT=port, WORKERS=workers)
+    if settings["DATABASE_URL"].startswith("sqlite"):
+        upgrade(settings["DATABASE_URL"])
+    runtime = _runtime(HOST=settings["HOST"], PORT=settings["PORT"])
+    if runtime.config["AUTH"]:
+        ensure_admin_key(runtime)
+    runtime.db.dispose()  # each gunicorn worker opens its own connections after fork
+    click.echo(f"flagship serving on http://{settings['HOST']}:{settings['PORT']} "
+               f"({settings['WORKERS']} workers; docs at /api/docs)", err=True)
+    run_gunicorn(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

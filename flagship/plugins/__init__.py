@@ -1,0 +1,55 @@
+"""Plugin manager construction and the built-in plugins.
+
+Built-ins register through the same hooks a third-party plugin uses
+(datasette's DEFAULT_PLUGINS pattern).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Iterable
+
+import pluggy
+
+from flagship import hookspecs
+from flagship.errors import ConfigError
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("flagship.plugins.default_operators",)
+
+
+def make_plugin_manager(extra: Iterable[str] = (), entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, `flagship` entry points and `extra` modules."""
+    pm = pluggy.PluginManager("flagship")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints("flagship")
+    for name in extra:
+        name = name.strip()
+        if not name or pm.has_plugin(name):
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"FLAGSHIP_PLUGINS: cannot import plugin {name!r}: {exc}") from exc
+        pm.register(module, name=name)
+    return pm
+
+
+def operator_table(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Collect every plugin's operators into one name -> Operator table (built once)."""
+    from flagship.flags.operators import build_operator_table
+
+    return build_operator_table(pm.hook.register_operators())
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
+    """Name, module and hooks of every registered plugin (for `flagship plugins`)."""
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: str(item[0])):
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin), None)
+        rows.append({"name": name, "module": getattr(plugin, "__name__", repr(plugin)),
+                     "hooks": hooks,
+                     "distribution": f"{dist.project_name} {dist.version}" if dist else None})
+    return rows

@@ -1,0 +1,121 @@
+"""Shared fixtures: an app per test on a fresh database, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from flagship.db import upgrade
+
+POSTGRES_ADMIN_URL = os.environ.get("FLAGSHIP_TEST_POSTGRES_URL",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = [b for b in os.environ.get("FLAGSHIP_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per test process; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of our own on the shared server, migrated once, dropped at the end."""
+    name = f"flagship_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        tables = [row[0] for row in conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename NOT IN ('alembic_version', 'meta')"))]
+        if tables:
+            conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        conn.execute(sa.text("UPDATE meta SET snapshot_revision = 0"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database for one test."""
+    if request.param == "sqlite":
+        path = tmp_path / "flagship.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
+
+
+def make_app(database_url: str, **config: Any) -> Any:
+    from flagship.app import create_app
+
+    settings = {"DATABASE_URL": database_url, "TESTING": True, "ENTRY_POINTS": False,
+                "SECRET_KEY": "test", "PLUGINS": ""}
+    settings.update(config)
+    return create_app(settings)
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Any]:
+    app = make_app(database_url)
+    yield app
+    app.extensions["flagship"].db.dispose()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def runtime(app: Any) -> Any:
+    return app.extensions["flagship"]
+
+
+@pytest.fixture
+def admin(runtime: Any) -> dict[str, str]:
+    """Headers of an admin key."""
+    from flagship.auth import create_key
+
+    return {"Authorization": f"Bearer {create_key(runtime, 'test', 'test-admin', 'admin')}"}
+
+
+@pytest.fixture
+def sdk(runtime: Any) -> dict[str, str]:
+    """Headers of an SDK key."""
+    from flagship.auth import create_key
+
+    return {"Authorization": f"Bearer {create_key(runtime, 'test', 'test-sdk', 'sdk')}"}
+
+
+@pytest.fixture
+def runner(app: Any) -> Any:
+    return app.test_cli_runner()
+
+
+def boolean_flag(key: str = "new-checkout", **extra: Any) -> dict[str, Any]:
+    """A minimal valid boolean flag document."""
+    doc = {"key": key, "type": "boolean", "variants": {"on": True, "off": False},
+           "default_variant": "off"}
+    doc.update(extra)
+    return doc
