@@ -1,0 +1,190 @@
+"""HTTP benchmarks against a real `flagship serve` (gunicorn, SQLite) on loopback.
+
+Prints: single-flag POST /api/v1/evaluate latency at a fixed arrival rate (open loop,
+latency measured from each request's scheduled start, so a stall is not hidden) and the
+closed-loop maximum throughput; GET /api/v1/sdk/snapshot 304 latency with 1,000 flags.
+Targets: evaluate p99 <= 10 ms at 500 requests/s; snapshot 304 p50 <= 2 ms.
+
+    python benchmarks/bench_http.py [--rate 500] [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(tmp: Path, port: int, admin_key: str) -> subprocess.Popen:
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+           "FLAGSHIP_PORT": str(port), "FLAGSHIP_ADMIN_KEY": admin_key}
+    proc = subprocess.Popen([sys.executable, "-m", "flagship.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            status, _ = request(port, "GET", "/healthz", None, {})
+            if status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def request(port: int, method: str, path: str, body: object, headers: dict,
+            conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    data = json.dumps(body).encode() if body is not None else None
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **headers})
+    response = conn.getresponse()
+    payload = response.read()
+    if own:
+        conn.close()
+    return response.status, payload
+
+
+def reference_flag(key: str) -> dict:
+    cond = lambda a, o, v: {"attribute": a, "operator": o, "values": v}  # noqa: E731
+    return {"key": key, "type": "string", "variants": {"a": "A", "b": "B", "c": "C"},
+            "default_variant": "a", "rules": [
+                {"kind": "force", "variant": "b", "conditions": [
+                    cond("country", "in", ["NL", "BE"]), cond("plan", "eq", ["pro"]),
+                    {"segment": "staff"}]},
+                {"kind": "force", "variant": "c", "conditions": [
+                    cond("app_version", "semver_gte", ["2.0.0"]), cond("email", "ends_with", [".org"]),
+                    cond("age", "gt", [30])]},
+                {"kind": "rollout", "variant": "b", "percentage": 40, "conditions": [
+                    cond("country", "not_in", ["US"]), cond("beta", "eq", [True]),
+                    cond("email", "matches", ["^[a-m]"])]}]}
+
+
+def seed(port: int, headers: dict, flags: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    segment = {"key": "staff", "conditions": [
+        {"attribute": "email", "operator": "ends_with", "values": ["@corp.example"]}]}
+    request(port, "POST", "/api/v1/segments", segment, headers, conn)
+    for i in range(flags):
+        status, body = request(port, "POST", "/api/v1/flags", reference_flag(f"flag-{i:04d}"), headers, conn)
+        assert status == 201, body
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int = 32) -> dict:
+    """Requests scheduled at a fixed rate; latency counted from the scheduled start."""
+    total = int(rate * seconds)
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while (i := next(counter)) < total:
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            body = {"context": {"key": f"user-{i}", "country": "NL", "email": f"u{i}@x.org",
+                                "app_version": "2.1.0", "age": i % 80}, "flags": ["flag-0001"]}
+            status, _ = request(port, "POST", "/api/v1/evaluate", body, headers, conn)
+            elapsed = time.perf_counter() - scheduled
+            with lock:
+                latencies.append(elapsed)
+                errors[0] += status != 200
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    duration = time.perf_counter() - start
+    return {"requests": total, "achieved_rps": total / duration, "errors": errors[0],
+            "p50_ms": percentile(latencies, 0.50) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3}
+
+
+def closed_loop(port: int, headers: dict, seconds: float, threads: int = 8) -> float:
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def worker(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while time.perf_counter() < stop:
+            request(port, "POST", "/api/v1/evaluate",
+                    {"context": {"key": f"u{counts[n]}"}, "flags": ["flag-0001"]}, headers, conn)
+            counts[n] += 1
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts) / seconds
+
+
+def snapshot_304(port: int, headers: dict, n: int = 2000) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/api/v1/sdk/snapshot", headers=headers)
+    response = conn.getresponse()
+    size, etag = len(response.read()), response.getheader("ETag")
+    latencies = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("GET", "/api/v1/sdk/snapshot", headers={**headers, "If-None-Match": etag})
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - t0)
+        assert response.status == 304
+    return {"snapshot_bytes": size, "p50_ms": percentile(latencies, 0.5) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--flags", type=int, default=1000)
+    args = parser.parse_args()
+    key = "fsk_admin_benchmark_key_0000000000000000"
+    headers = {"Authorization": f"Bearer {key}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = start_server(Path(tmp), port, key)
+        try:
+            seed(port, headers, args.flags)
+            open_loop(port, headers, 200, 1)  # warm up both workers' caches
+            result = open_loop(port, headers, args.rate, args.seconds)
+            print(f"POST /evaluate at {args.rate} req/s for {args.seconds:.0f} s: "
+                  f"achieved {result['achieved_rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+                  f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']} (target p99 <= 10 ms)")
+            print(f"POST /evaluate closed loop, 8 connections: {closed_loop(port, headers, 5):.0f} req/s")
+            snap = snapshot_304(port, headers)
+            print(f"GET /sdk/snapshot 304 with {args.flags} flags ({snap['snapshot_bytes']} bytes body): "
+                  f"p50 {snap['p50_ms']:.2f} ms, p99 {snap['p99_ms']:.2f} ms (target p50 <= 2 ms)")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
