@@ -85,3 +85,15 @@ def test_every_hookspec_is_documented():
     for spec in specs:
         doc = inspect.getdoc(spec) or ""
         assert "Fires:" in doc and len(doc) > 200, spec.__name__
+
+
+def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch):
+    dist = tmp_path / "flagship_even-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flagship-even\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[flagship]\neven = tests.plugins.even_operator\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = make_plugin_manager(entry_points=True)
+    assert "is_even" in operator_table(pm)
+    row = next(r for r in describe_plugins(pm) if r["name"] == "even")
+    assert row["distribution"] == "flagship-even 1.0" and "register_operators" in row["hooks"]

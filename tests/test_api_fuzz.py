@@ -1,0 +1,48 @@
+"""No input produces a 500: random JSON bodies against the write endpoints."""
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import boolean_flag
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+condition = st.fixed_dictionaries({"attribute": st.text(max_size=6), "operator": st.sampled_from(
+    ["eq", "in", "matches", "gt", "semver_gt", "before", "exists", "contains", "nope"]),
+    "values": st.lists(scalars, max_size=3)}, optional={"negate": json_values})
+rule = st.fixed_dictionaries({"kind": st.sampled_from(["force", "rollout", "experiment", "x"])},
+                             optional={"variant": json_values, "percentage": json_values,
+                                       "conditions": st.lists(condition | json_values, max_size=3),
+                                       "id": json_values})
+flag_like = st.fixed_dictionaries({}, optional={
+    "key": st.text(max_size=10) | json_values, "type": st.sampled_from(["boolean", "string", "number", "json"]) | json_values,
+    "variants": st.dictionaries(st.text(max_size=5), json_values, max_size=3) | json_values,
+    "default_variant": st.text(max_size=5) | json_values, "rules": st.lists(rule, max_size=3) | json_values,
+    "allowlist": json_values, "blocklist": json_values, "tags": json_values, "enabled": json_values,
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=flag_like | json_values)
+def test_flag_writes_never_500(client, admin, body):
+    for method, path in [("post", "/api/v1/flags"), ("put", "/api/v1/flags/fuzzed"),
+                         ("post", "/api/v1/evaluate"), ("post", "/api/v1/segments")]:
+        response = getattr(client, method)(path, data=json.dumps(body),
+                                           headers={**admin, "Content-Type": "application/json",
+                                                    "If-Match": "1"})
+        assert response.status_code < 500, (path, body, response.json)
+        assert response.json is None or "code" in response.json or response.status_code < 300
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(context=json_values)
+def test_evaluate_never_500_on_any_context(client, admin, context):
+    client.post("/api/v1/flags", json=boolean_flag("f", rules=[
+        {"kind": "rollout", "variant": "on", "percentage": 50,
+         "conditions": [{"attribute": "n", "operator": "gt", "values": [3]}]}]), headers=admin)
+    response = client.post("/api/v1/evaluate", json={"context": context}, headers=admin)
+    assert response.status_code in (200, 422)
