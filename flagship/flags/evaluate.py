@@ -1,0 +1,262 @@
+"""Compile flags and segments once into closures that evaluate a context quickly.
+
+Every possible outcome of a flag (each rule hit, allowlist hit, default, off) is an
+`Evaluation` built at compile time, so the hot path only looks up context attributes,
+calls operator `match` functions it already holds, hashes for rollouts, and returns a
+prebuilt result. Operator names and rule kinds are resolved here, never per evaluation.
+
+Condition semantics:
+
+- Conditions of a rule (and of a segment) are ANDed; a rule without conditions matches
+  everyone.
+- A missing attribute (absent or ``null``) never matches, whatever ``negate`` says:
+  ``country neq "FR"`` must not target users whose country is unknown. Operators that
+  accept missing values (``exists``) are the exception: ``negate`` then means "absent".
+- ``negate`` flips the result for a present attribute. A present value the operator
+  cannot compare (``match`` raises TypeError/ValueError) does not match, negated or not.
+- The attributes ``key`` and ``targetingKey`` both read the unit key (as a string).
+- A segment contains its included units, never its excluded ones, and otherwise the
+  units matching all its conditions; a segment without conditions contains only its
+  included units. A negated segment condition means "not in the segment".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import mmh3
+
+from flagship.errors import ValidationError
+from flagship.flags.bucketing import BUCKETS, threshold
+from flagship.flags.model import Condition, Flag, Rule, Segment
+from flagship.flags.operators import Operator
+
+# OpenFeature resolution reasons and error codes.
+DISABLED, TARGETING_MATCH, SPLIT, DEFAULT, ERROR = (
+    "DISABLED", "TARGETING_MATCH", "SPLIT", "DEFAULT", "ERROR")
+FLAG_NOT_FOUND, INVALID_CONTEXT, PARSE_ERROR, TYPE_MISMATCH, GENERAL = (
+    "FLAG_NOT_FOUND", "INVALID_CONTEXT", "PARSE_ERROR", "TYPE_MISMATCH", "GENERAL")
+
+UNIT_ATTRIBUTES = frozenset({"key", "targetingKey"})
+
+Context = Mapping[str, Any]
+ConditionFn = Callable[[Context, "str | None"], Any]
+RuleFn = Callable[[Context, "str | None"], "Evaluation | None"]
+FlagFn = Callable[[Any], "Evaluation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The outcome of evaluating one flag for one context (OpenFeature's resolution details).
+
+    Results are shared between evaluations, and ``value`` is the flag's own variant
+    value: treat both as read-only.
+    """
+
+    flag_key: str
+    value: Any
+    variant: str | None
+    reason: str
+    rule_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form (every field, nulls included)."""
+        return {"flag_key": self.flag_key, "value": self.value, "variant": self.variant,
+                "reason": self.reason, "rule_id": self.rule_id,
+                "error_code": self.error_code, "error_message": self.error_message}
+
+
+@dataclass(frozen=True)
+class RuleEnv:
+    """What a rule-kind compiler gets besides the rule: its flag and compiled conditions."""
+
+    flag: Flag
+    conditions: tuple[ConditionFn, ...]
+
+    def result(self, variant: str, reason: str, rule_id: str | None) -> Evaluation:
+        """Return the prebuilt Evaluation serving `variant` of this flag."""
+        return Evaluation(self.flag.key, self.flag.variants[variant], variant, reason, rule_id)
+
+
+RuleCompiler = Callable[[Rule, RuleEnv], RuleFn]
+
+
+# -- conditions ------------------------------------------------------------------------
+
+def _missing_result(operator: Operator, prepared: Any, negate: bool) -> bool:
+    if not operator.accepts_missing:
+        return False
+    try:
+        return (not operator.match(None, prepared)) is negate
+    except (TypeError, ValueError):
+        return False
+
+
+def compile_condition(condition: Condition, operators: Mapping[str, Operator],
+                      segments: Mapping[str, ConditionFn]) -> ConditionFn:
+    """Compile one condition into ``fn(context, unit) -> truthy``."""
+    if condition.segment is not None:
+        member = segments.get(condition.segment)
+        if member is None:
+            raise ValidationError(f"unknown segment {condition.segment!r}", field="segment")
+        return (lambda ctx, unit: not member(ctx, unit)) if condition.negate else member
+    operator = operators.get(condition.operator or "")
+    if operator is None:
+        raise ValidationError(f"unknown operator {condition.operator!r}", field="operator")
+    prepared = operator.compile(list(condition.values))
+    match, negate, attribute = operator.match, condition.negate, condition.attribute
+    missing = _missing_result(operator, prepared, negate)
+
+    def on_unit(ctx: Context, unit: str | None) -> bool:
+        if unit is None:
+            return missing
+        try:
+            return (not match(unit, prepared)) is negate
+        except (TypeError, ValueError):
+            return False
+
+    def on_attribute(ctx: Context, unit: str | None) -> bool:
+        value = ctx.get(attribute)
+        if value is None:
+            return missing
+        try:
+            return (not match(value, prepared)) is negate
+        except (TypeError, ValueError):
+            return False
+
+    return on_unit if attribute in UNIT_ATTRIBUTES else on_attribute
+
+
+def compile_segment(segment: Segment, operators: Mapping[str, Operator]) -> ConditionFn:
+    """Compile a segment into a membership test ``fn(context, unit) -> bool``."""
+    included, excluded = frozenset(segment.included), frozenset(segment.excluded)
+    conditions = tuple(compile_condition(c, operators, {}) for c in segment.conditions)
+    if not conditions:
+        return lambda ctx, unit: unit in included
+
+    def member(ctx: Context, unit: str | None) -> bool:
+        if unit in included:
+            return True
+        if unit in excluded:
+            return False
+        for condition in conditions:
+            if not condition(ctx, unit):
+                return False
+        return True
+
+    return member
+
+
+# -- rule kinds ------------------------------------------------------------------------
+
+def _compile_force(rule: Rule, env: RuleEnv) -> RuleFn:
+    conditions, hit = env.conditions, env.result(rule.variant or "", TARGETING_MATCH, rule.id)
+
+    def force(ctx: Context, unit: str | None) -> Evaluation | None:
+        for condition in conditions:
+            if not condition(ctx, unit):
+                return None
+        return hit
+
+    return force
+
+
+def _compile_rollout(rule: Rule, env: RuleEnv) -> RuleFn:
+    conditions, hit = env.conditions, env.result(rule.variant or "", SPLIT, rule.id)
+    prefix, cutoff, hash32 = f"{env.flag.salt}:", threshold(rule.percentage or 0), mmh3.hash
+
+    def rollout(ctx: Context, unit: str | None) -> Evaluation | None:
+        if unit is None:  # nothing stable to hash: rollouts cannot place this context
+            return None
+        for condition in conditions:
+            if not condition(ctx, unit):
+                return None
+        # bucketing.bucket() inlined: this is the hottest line of a rollout.
+        if hash32(prefix + unit, 0, False) % BUCKETS < cutoff:
+            return hit
+        return None  # conditions matched but the bucket missed: fall through
+
+    return rollout
+
+
+# Rule kind -> compiler; model.RULE_KINDS holds the matching validators.
+RULE_COMPILERS: dict[str, RuleCompiler] = {"force": _compile_force, "rollout": _compile_rollout}
+
+
+# -- flags -----------------------------------------------------------------------------
+
+def unit_key(raw: Any) -> str | None:
+    """Normalise a context key: strings as is ("" means none), numbers as decimal text.
+
+    Raises TypeError for anything else (booleans, objects, lists, non-finite numbers).
+    """
+    if raw is None or (isinstance(raw, str) and not raw):
+        return None
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    if isinstance(raw, float) and math.isfinite(raw):
+        # Integral floats hash like the integer, as a JavaScript SDK would print them.
+        return str(int(raw)) if raw.is_integer() else repr(raw)
+    raise TypeError(f"context key must be a string or number, got {type(raw).__name__}")
+
+
+def invalid_context(default: Evaluation, message: str) -> Evaluation:
+    """Return the default outcome marked ERROR / INVALID_CONTEXT."""
+    return Evaluation(default.flag_key, default.value, default.variant, ERROR, None,
+                      INVALID_CONTEXT, message)
+
+
+def compile_flag(flag: Flag, operators: Mapping[str, Operator],
+                 segments: Mapping[str, ConditionFn]) -> FlagFn:
+    """Compile a flag into ``fn(context) -> Evaluation``; `segments` are compiled segments."""
+    if not flag.enabled:
+        # The kill switch wins over everything, even a malformed context.
+        off = Evaluation(flag.key, flag.variants[flag.off_variant], flag.off_variant, DISABLED)
+        return lambda context: off
+    default = Evaluation(flag.key, flag.variants[flag.default_variant], flag.default_variant,
+                         DEFAULT)
+    allow = {unit: Evaluation(flag.key, flag.variants[v], v, TARGETING_MATCH)
+             for unit, v in flag.allowlist.items()}
+    block = frozenset(flag.blocklist)
+    rules = tuple(_compile_rule(flag, rule, operators, segments) for rule in flag.rules)
+
+    def evaluate(context: Any) -> Evaluation:
+        if type(context) is not dict and not isinstance(context, Mapping):
+            return invalid_context(default, "context must be an object")
+        raw = context.get("key")
+        if raw is None:
+            raw = context.get("targetingKey")
+        if type(raw) is str and raw:
+            unit: str | None = raw
+        else:
+            try:
+                unit = unit_key(raw)
+            except TypeError as err:
+                return invalid_context(default, str(err))
+        if unit is not None:
+            hit = allow.get(unit)
+            if hit is not None:
+                return hit
+            if unit in block:
+                return default
+        for rule in rules:
+            result = rule(context, unit)
+            if result is not None:
+                return result
+        return default
+
+    return evaluate
+
+
+def _compile_rule(flag: Flag, rule: Rule, operators: Mapping[str, Operator],
+                  segments: Mapping[str, ConditionFn]) -> RuleFn:
+    compiler = RULE_COMPILERS.get(rule.kind)
+    if compiler is None:
+        raise ValidationError(f"unknown rule kind {rule.kind!r}", field="kind")
+    conditions = tuple(compile_condition(c, operators, segments) for c in rule.conditions)
+    return compiler(rule, RuleEnv(flag, conditions))

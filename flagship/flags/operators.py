@@ -1,0 +1,54 @@
+"""Targeting operators: the `Operator` type and the plain operator table the engine uses.
+
+Operators arrive through the ``register_operators`` hook (built-ins included); the app
+or SDK collects them once into a ``dict[str, Operator]`` and hands that dict to the
+model validator and the compiler. Nothing here runs a plugin manager.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from flagship.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A named condition test: `compile` checks values at write time, `match` runs per evaluation.
+
+    ``compile(values)`` gets the condition's ``values`` list, raises ``ValueError`` with an
+    actionable message when it is wrong, and returns a prepared form. ``match(value,
+    prepared)`` returns whether a present attribute value satisfies the condition; it
+    may raise ``TypeError``/``ValueError`` for values it cannot compare (counted as no
+    match). When ``accepts_missing`` is true the engine also asks ``match(None,
+    prepared)`` about an absent attribute (once, at compile time), so ``negate`` applies
+    to absence too; otherwise an absent attribute never matches.
+    """
+
+    name: str
+    compile: Callable[[list], Any]
+    match: Callable[[Any, Any], bool]
+    description: str = ""
+    accepts_missing: bool = False
+
+
+def build_operator_table(groups: Iterable[Iterable[Operator]]) -> dict[str, Operator]:
+    """Merge operator groups (one per plugin) into a name -> Operator table; names must be unique."""
+    table: dict[str, Operator] = {}
+    for group in groups:
+        for operator in group:
+            if operator.name in table:
+                raise ConfigError(
+                    f"operator {operator.name!r} is registered by more than one plugin",
+                    errors={"operators": [f"duplicate operator {operator.name!r}"]},
+                )
+            table[operator.name] = operator
+    return table
+
+
+def default_operators() -> dict[str, Operator]:
+    """Return the table of built-in operators without a plugin manager (what the SDK uses)."""
+    # Imported here, not at module top: the plugin module imports `Operator` from us.
+    from flagship.plugins import default_operators as builtins
+
+    return build_operator_table([builtins.register_operators()])
