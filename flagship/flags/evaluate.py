@@ -22,7 +22,7 @@ Condition semantics:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import mmh3
@@ -42,8 +42,8 @@ UNIT_ATTRIBUTES = frozenset({"key", "targetingKey"})
 
 Context = Mapping[str, Any]
 ConditionFn = Callable[[Context, "str | None"], Any]
-RuleFn = Callable[[Context, "str | None"], "Evaluation | None"]
-FlagFn = Callable[[Any], "Evaluation"]
+RuleFn = Callable[[Context, "str | None", "EvalState | None"], "Evaluation | None"]
+FlagFn = Callable[..., "Evaluation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,25 @@ class Evaluation:
     rule_id: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    experiment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (every field, nulls included)."""
         return {"flag_key": self.flag_key, "value": self.value, "variant": self.variant,
                 "reason": self.reason, "rule_id": self.rule_id,
-                "error_code": self.error_code, "error_message": self.error_message}
+                "error_code": self.error_code, "error_message": self.error_message,
+                "experiment": self.experiment}
+
+
+@dataclass(frozen=True)
+class EvalState:
+    """Per-evaluation inputs beyond the context: the time and the unit's sticky records.
+
+    `now` is epoch seconds; `sticky` maps experiment key -> variant for this unit.
+    """
+
+    now: float
+    sticky: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,10 +88,13 @@ class RuleEnv:
 
     flag: Flag
     conditions: tuple[ConditionFn, ...]
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
-    def result(self, variant: str, reason: str, rule_id: str | None) -> Evaluation:
+    def result(self, variant: str, reason: str, rule_id: str | None,
+               experiment: str | None = None) -> Evaluation:
         """Return the prebuilt Evaluation serving `variant` of this flag."""
-        return Evaluation(self.flag.key, self.flag.variants[variant], variant, reason, rule_id)
+        return Evaluation(self.flag.key, self.flag.variants[variant], variant, reason, rule_id,
+                          experiment=experiment)
 
 
 RuleCompiler = Callable[[Rule, RuleEnv], RuleFn]
@@ -155,7 +171,7 @@ def compile_segment(segment: Segment, operators: Mapping[str, Operator]) -> Cond
 def _compile_force(rule: Rule, env: RuleEnv) -> RuleFn:
     conditions, hit = env.conditions, env.result(rule.variant or "", TARGETING_MATCH, rule.id)
 
-    def force(ctx: Context, unit: str | None) -> Evaluation | None:
+    def force(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
         for condition in conditions:
             if not condition(ctx, unit):
                 return None
@@ -168,7 +184,7 @@ def _compile_rollout(rule: Rule, env: RuleEnv) -> RuleFn:
     conditions, hit = env.conditions, env.result(rule.variant or "", SPLIT, rule.id)
     prefix, cutoff, hash32 = f"{env.flag.salt}:", threshold(rule.percentage or 0), mmh3.hash
 
-    def rollout(ctx: Context, unit: str | None) -> Evaluation | None:
+    def rollout(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
         if unit is None:  # nothing stable to hash: rollouts cannot place this context
             return None
         for condition in conditions:
@@ -212,20 +228,26 @@ def invalid_context(default: Evaluation, message: str) -> Evaluation:
 
 
 def compile_flag(flag: Flag, operators: Mapping[str, Operator],
-                 segments: Mapping[str, ConditionFn]) -> FlagFn:
-    """Compile a flag into ``fn(context) -> Evaluation``; `segments` are compiled segments."""
+                 segments: Mapping[str, ConditionFn],
+                 extras: Mapping[str, Any] | None = None) -> FlagFn:
+    """Compile a flag into ``fn(context, state=None) -> Evaluation``.
+
+    `segments` are compiled segments; `extras` is snapshot-wide data that rule kinds
+    beyond force/rollout need (layers and experiments).
+    """
     if not flag.enabled:
         # The kill switch wins over everything, even a malformed context.
         off = Evaluation(flag.key, flag.variants[flag.off_variant], flag.off_variant, DISABLED)
-        return lambda context: off
+        return lambda context, state=None: off
     default = Evaluation(flag.key, flag.variants[flag.default_variant], flag.default_variant,
                          DEFAULT)
     allow = {unit: Evaluation(flag.key, flag.variants[v], v, TARGETING_MATCH)
              for unit, v in flag.allowlist.items()}
     block = frozenset(flag.blocklist)
-    rules = tuple(_compile_rule(flag, rule, operators, segments) for rule in flag.rules)
+    rules = tuple(_compile_rule(flag, rule, operators, segments, extras or {})
+                  for rule in flag.rules)
 
-    def evaluate(context: Any) -> Evaluation:
+    def evaluate(context: Any, state: EvalState | None = None) -> Evaluation:
         if type(context) is not dict and not isinstance(context, Mapping):
             return invalid_context(default, "context must be an object")
         raw = context.get("key")
@@ -245,7 +267,7 @@ def compile_flag(flag: Flag, operators: Mapping[str, Operator],
             if unit in block:
                 return default
         for rule in rules:
-            result = rule(context, unit)
+            result = rule(context, unit, state)
             if result is not None:
                 return result
         return default
@@ -254,9 +276,9 @@ def compile_flag(flag: Flag, operators: Mapping[str, Operator],
 
 
 def _compile_rule(flag: Flag, rule: Rule, operators: Mapping[str, Operator],
-                  segments: Mapping[str, ConditionFn]) -> RuleFn:
+                  segments: Mapping[str, ConditionFn], extras: Mapping[str, Any]) -> RuleFn:
     compiler = RULE_COMPILERS.get(rule.kind)
     if compiler is None:
         raise ValidationError(f"unknown rule kind {rule.kind!r}", field="kind")
     conditions = tuple(compile_condition(c, operators, segments) for c in rule.conditions)
-    return compiler(rule, RuleEnv(flag, conditions))
+    return compiler(rule, RuleEnv(flag, conditions, extras))

@@ -13,16 +13,18 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from flagship.errors import ValidationError
 from flagship.flags.evaluate import (
     DEFAULT, DISABLED, ERROR, FLAG_NOT_FOUND, GENERAL, INVALID_CONTEXT, PARSE_ERROR, SPLIT,
-    TARGETING_MATCH, TYPE_MISMATCH, Evaluation, compile_flag, compile_segment)
+    TARGETING_MATCH, TYPE_MISMATCH, EvalState, Evaluation, compile_flag, compile_segment)
+from flagship.flags.layers import (ExperimentSpec, Layer, compile_extras, experiment_from_dict,
+                                   experiment_to_dict, layer_from_dict, layer_to_dict)
 from flagship.flags.model import (
     Flag, Segment, flag_from_dict, flag_to_dict, segment_from_dict, segment_to_dict)
 from flagship.flags.operators import Operator, default_operators
 
-__all__ = ["Snapshot", "Evaluation", "DISABLED", "TARGETING_MATCH", "SPLIT", "DEFAULT",
+__all__ = ["Snapshot", "Evaluation", "EvalState", "DISABLED", "TARGETING_MATCH", "SPLIT", "DEFAULT",
            "ERROR", "FLAG_NOT_FOUND", "INVALID_CONTEXT", "PARSE_ERROR", "TYPE_MISMATCH",
            "GENERAL"]
 
-_SNAPSHOT_FIELDS = ("revision", "flags", "segments")
+_SNAPSHOT_FIELDS = ("revision", "flags", "segments", "layers", "experiments")
 T = TypeVar("T")
 
 
@@ -59,17 +61,23 @@ def _documents(doc: Mapping[str, Any], name: str) -> list[Any]:
 class Snapshot:
     """An immutable, compiled revision of all flags and segments; `evaluate` never raises."""
 
-    __slots__ = ("_revision", "_flags", "_segments", "_compiled", "_fallbacks")
+    __slots__ = ("_revision", "_flags", "_segments", "_layers", "_experiments", "_compiled",
+                 "_fallbacks")
 
     def __init__(self, revision: int, flags: Iterable[Flag] = (),
                  segments: Iterable[Segment] = (),
-                 operators: Mapping[str, Operator] | None = None) -> None:
+                 operators: Mapping[str, Operator] | None = None,
+                 layers: Iterable[Layer] = (),
+                 experiments: Iterable[ExperimentSpec] = ()) -> None:
         operators = default_operators() if operators is None else operators
         self._revision = revision
         self._segments = _by_key(segments, "segment")
         self._flags = _by_key(flags, "flag")
+        self._layers = _by_key(layers, "layer")
+        self._experiments = _by_key(experiments, "experiment")
         members = {key: compile_segment(s, operators) for key, s in self._segments.items()}
-        self._compiled = {key: compile_flag(f, operators, members)
+        extras = compile_extras(list(self._layers.values()), list(self._experiments.values()))
+        self._compiled = {key: compile_flag(f, operators, members, extras)
                           for key, f in self._flags.items()}
         self._fallbacks = {
             key: Evaluation(key, f.variants[f.default_variant], f.default_variant, ERROR,
@@ -94,7 +102,10 @@ class Snapshot:
         known = _by_key(segments, "segment").keys()
         flags = [_nested(f"flags.{i}", lambda d=d: flag_from_dict(d, operators, known))
                  for i, d in enumerate(_documents(doc, "flags"))]
-        return cls(revision, flags, segments, operators)
+        layers = [layer_from_dict(d, f"layers.{i}") for i, d in enumerate(_documents(doc, "layers"))]
+        experiments = [experiment_from_dict(d, f"experiments.{i}")
+                       for i, d in enumerate(_documents(doc, "experiments"))]
+        return cls(revision, flags, segments, operators, layers, experiments)
 
     @property
     def revision(self) -> int:
@@ -111,8 +122,22 @@ class Snapshot:
         """Segments by key (read-only)."""
         return MappingProxyType(self._segments)
 
-    def evaluate(self, flag_key: str, context: Any) -> Evaluation:
-        """Evaluate one flag for `context`; errors come back as reason ERROR, never raised."""
+    @property
+    def layers(self) -> Mapping[str, Layer]:
+        """Layers by key (read-only)."""
+        return MappingProxyType(self._layers)
+
+    @property
+    def experiments(self) -> Mapping[str, ExperimentSpec]:
+        """Experiments by key (read-only)."""
+        return MappingProxyType(self._experiments)
+
+    def evaluate(self, flag_key: str, context: Any, state: EvalState | None = None) -> Evaluation:
+        """Evaluate one flag for `context`; errors come back as reason ERROR, never raised.
+
+        `state` carries the clock and the unit's sticky assignments; without it,
+        experiments with a time window do not enrol and nothing is sticky.
+        """
         try:
             run = self._compiled.get(flag_key)
         except TypeError:  # an unhashable flag key cannot name a flag
@@ -122,20 +147,22 @@ class Snapshot:
             return Evaluation(key, None, None, ERROR, None, FLAG_NOT_FOUND,
                               f"flag {key!r} not found")
         try:
-            return run(context)
+            return run(context, state)
         except Exception as err:  # noqa: BLE001 - a broken plugin or odd context must not crash callers
             return replace(self._fallbacks[flag_key],
                            error_message=f"{type(err).__name__}: {err}")
 
-    def evaluate_all(self, context: Any) -> dict[str, Evaluation]:
+    def evaluate_all(self, context: Any, state: EvalState | None = None) -> dict[str, Evaluation]:
         """Evaluate every flag for `context`, by flag key."""
-        return {key: self.evaluate(key, context) for key in self._compiled}
+        return {key: self.evaluate(key, context, state) for key in self._compiled}
 
     def to_dict(self) -> dict[str, Any]:
         """Return the snapshot document (what `from_dict` reads)."""
         return {"revision": self._revision,
                 "flags": [flag_to_dict(f) for f in self._flags.values()],
-                "segments": [segment_to_dict(s) for s in self._segments.values()]}
+                "segments": [segment_to_dict(s) for s in self._segments.values()],
+                "layers": [layer_to_dict(layer) for layer in self._layers.values()],
+                "experiments": [experiment_to_dict(e) for e in self._experiments.values()]}
 
     def __repr__(self) -> str:
         return f"<Snapshot revision={self._revision} flags={len(self._flags)}>"
