@@ -30,18 +30,23 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _init_services(runtime: Runtime) -> None:
-    from flagship.flags.snapshots import SnapshotCache
+    from flagship.evaluation import Evaluator, SnapshotCache
+    from flagship.experiments.sticky import make_assignment_store
 
-    runtime.caches["snapshots"] = SnapshotCache(runtime.db, runtime.operators)
+    snapshots = SnapshotCache(runtime.db, runtime.operators)
+    assignments = make_assignment_store(runtime.db.engine, runtime.config["REDIS_URL"])
+    # the lambda reads runtime.clock at call time, so tests can move the clock
+    runtime.caches["evaluator"] = Evaluator(snapshots, assignments, lambda: runtime.clock())
 
 
 def _init_http(app: Flask) -> None:
-    from flagship import admin_api
+    from flagship import admin_api, serving
     from flagship.api import init_api
+    from flagship.experiments import api as experiments_api
     from flagship.flags import api as flags_api
 
     api = init_api(app)
-    api.register_blueprint(flags_api.blp)
-    api.register_blueprint(admin_api.blp)
+    for module in (flags_api, experiments_api, serving, admin_api):
+        api.register_blueprint(module.blp)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
     app.add_url_rule("/", "index", lambda: redirect("/api/docs"))

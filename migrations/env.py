@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 import flagship.audit  # noqa: F401  (each import registers its tables on SQLModel.metadata)
 import flagship.auth  # noqa: F401
 import flagship.db  # noqa: F401
+import flagship.experiments.store  # noqa: F401
 import flagship.flags.store  # noqa: F401
 
 config = context.config

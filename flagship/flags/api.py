@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, request
+from flask import request
 from flask.views import MethodView
 
 from flagship.api import PageArgs, actor, expected_version, make_blueprint, page_body, requires, runtime
 from flagship.flags import schemas, service
-from flagship.flags.snapshots import SnapshotCache
 
-blp = make_blueprint("flags", "Flags, segments, evaluation and SDK snapshots")
-
-
-def snapshots() -> SnapshotCache:
-    return runtime().caches["snapshots"]
+blp = make_blueprint("flags", "Flags and segments")
 
 
 def _versioned(view: dict[str, Any], status: int = 200) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -159,48 +154,3 @@ class SegmentByKey(MethodView):
     def delete(self, key: str) -> None:
         """Delete a segment; 409 naming the flags that still use it"""
         service.delete_segment(runtime(), actor(), key, expected_version())
-
-
-@blp.route("/evaluate")
-class Evaluate(MethodView):
-    @requires("sdk")
-    @blp.arguments(schemas.EvaluateSchema)
-    @blp.response(200, schemas.EvaluateResultSchema)
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate the named flags (or all) for one context"""
-        compiled = snapshots().get()
-        snapshot, context = compiled.snapshot, body["context"]
-        keys = body.get("flags")
-        if keys is None:
-            results = snapshot.evaluate_all(context)
-        else:
-            results = {key: snapshot.evaluate(key, context) for key in keys}
-        flags = {key: _evaluation(result) for key, result in results.items()}
-        return {"revision": compiled.revision, "flags": flags}
-
-
-def _evaluation(result: Any) -> dict[str, Any]:
-    out = {"value": result.value, "variant": result.variant, "reason": result.reason,
-           "rule_id": result.rule_id}
-    if result.error_code:
-        out["error_code"], out["error_message"] = result.error_code, result.error_message
-    return out
-
-
-@blp.route("/sdk/snapshot")
-class SdkSnapshot(MethodView):
-    @requires("sdk")
-    @blp.response(200, headers={"ETag": {"schema": {"type": "string"}}})
-    @blp.alt_response(304, description="unchanged since the ETag sent in If-None-Match")
-    def get(self) -> Response:
-        """Every flag and segment, for local evaluation (ETag; 304 when unchanged)"""
-        compiled = snapshots().get()
-        headers = {"ETag": compiled.etag, "Cache-Control": "no-cache",
-                   "X-Flagship-Revision": str(compiled.revision)}
-        if compiled.etag in _etags(request.headers.get("If-None-Match", "")):
-            return Response(status=304, headers=headers)
-        return Response(compiled.body, status=200, mimetype="application/json", headers=headers)
-
-
-def _etags(header: str) -> set[str]:
-    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}

@@ -253,7 +253,8 @@ def _in_window(spec: ExperimentSpec, state: EvalState | None) -> bool:
 
 def _compile_release(rule: Rule, env: RuleEnv) -> RuleFn:
     conditions = env.conditions
-    hit = env.result(rule.variant or "", SPLIT, rule.id, rule.params["experiment"])
+    # a released winner is served outside the experiment: no `experiment`, no exposure
+    hit = env.result(rule.variant or "", SPLIT, rule.id)
     # its own salt: the release ramp is independent of the flag's other rollouts
     prefix = f"{rule.params.get('salt') or env.flag.salt + ':release'}:"
     cutoff, hash32 = threshold(rule.percentage or 0), mmh3.hash

@@ -226,6 +226,12 @@ def _conditions(value: Any, path: str, operators: Mapping[str, Operator],
                  for i, doc in enumerate(docs))
 
 
+def conditions_from_list(value: Any, path: str, operators: Mapping[str, Operator],
+                         segment_keys: Collection[str] | None = None) -> tuple[Condition, ...]:
+    """Validate a list of conditions (rule language) found at `path` of some document."""
+    return _conditions(value, path, operators, segment_keys, in_segment=False)
+
+
 def condition_to_dict(condition: Condition) -> dict[str, Any]:
     """Return the canonical document of a condition."""
     if condition.segment is not None:
@@ -302,10 +308,11 @@ def _rules(value: Any, variants: Mapping[str, Any], operators: Mapping[str, Oper
 
 
 def rule_to_dict(rule: Rule) -> dict[str, Any]:
-    """Return the canonical document of a rule (percentage/params only when set)."""
+    """Return the canonical document of a rule (variant/percentage/params only when set)."""
     doc: dict[str, Any] = {"id": rule.id, "kind": rule.kind,
-                           "conditions": [condition_to_dict(c) for c in rule.conditions],
-                           "variant": rule.variant}
+                           "conditions": [condition_to_dict(c) for c in rule.conditions]}
+    if rule.variant is not None:
+        doc["variant"] = rule.variant
     if rule.percentage is not None:
         doc["percentage"] = rule.percentage
     if rule.params:

@@ -163,6 +163,7 @@ class EvaluationSchema(ma.Schema):
     rule_id = fields.String(allow_none=True)
     error_code = fields.String(allow_none=True)
     error_message = fields.String(allow_none=True)
+    experiment = fields.String(metadata={"description": "the experiment the unit is in, if any"})
 
 
 class EvaluateResultSchema(ma.Schema):

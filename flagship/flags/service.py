@@ -1,7 +1,8 @@
 """Flag and segment use cases: validation, versioned writes, revisions, audit, snapshot."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+import copy
+from typing import Any, Callable, Iterable
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -50,7 +51,7 @@ def _require_flag(session: Session, key: str) -> FlagRecord:
     return record
 
 
-def _check_version(current: int, expected: int | None, kind: str, key: str) -> None:
+def check_version(current: int, expected: int | None, kind: str, key: str) -> None:
     if expected is not None and expected != current:
         raise ConflictError(
             f"{kind} {key!r} is at version {current}, not {expected}: reload it and apply "
@@ -91,32 +92,69 @@ def get_flag(runtime: Runtime, key: str) -> dict[str, Any]:
         return flag_view(_require_flag(session, key))
 
 
+def insert_flag(tx: Tx, runtime: Runtime, doc: dict[str, Any], managed: bool = False) -> FlagRecord:
+    """Validate and add a flag inside the caller's transaction."""
+    canonical = _canonical_flag(runtime, tx.session, doc)
+    if not managed:
+        _guard_managed(None, canonical)
+    key = canonical["key"]
+    if store.get_flag(tx.session, key) is not None:
+        raise ConflictError(f"flag {key!r} already exists", {"key": ["already exists"]})
+    version = store.last_revision_version(tx.session, key) + 1
+    record = FlagRecord(key=key, version=version, created_at=tx.now, created_by=tx.actor,
+                        **_flag_values(canonical, tx))
+    tx.session.add(record)
+    _record_revision(tx, key, version, "create", None, canonical)
+    tx.session.flush()
+    return record
+
+
+def rewrite_flag(tx: Tx, runtime: Runtime, key: str,
+                 change: Callable[[dict[str, Any]], dict[str, Any]], action: str) -> FlagRecord:
+    """Apply `change` to a flag's document inside the caller's transaction (a new revision)."""
+    record = _require_flag(tx.session, key)
+    return _update_flag(tx, runtime, record, change(copy.deepcopy(record.document)), None,
+                        action, managed=True)
+
+
 def create_flag(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
     """Validate and store a new flag at the next version of its key's history."""
     try:
         with runtime.change(actor) as tx:
-            canonical = _canonical_flag(runtime, tx.session, doc)
-            key = canonical["key"]
-            if store.get_flag(tx.session, key) is not None:
-                raise ConflictError(f"flag {key!r} already exists", {"key": ["already exists"]})
-            version = store.last_revision_version(tx.session, key) + 1
-            record = FlagRecord(key=key, version=version, created_at=tx.now, created_by=actor,
-                                **_flag_values(canonical, tx))
-            tx.session.add(record)
-            _record_revision(tx, key, version, "create", None, canonical)
-            tx.session.flush()
+            record = insert_flag(tx, runtime, doc)
     except IntegrityError:  # a concurrent create of the same key won the race
         raise ConflictError(f"flag {doc.get('key')!r} already exists",
                             {"key": ["already exists"]}) from None
     return flag_view(record)
 
 
+MANAGED_KINDS = ("experiment",)  # rules the experiments service owns
+
+
+def _managed_rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted((r for r in doc.get("rules", []) if r.get("kind") in MANAGED_KINDS),
+                  key=lambda r: r["id"])
+
+
+def _guard_managed(before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+    """Experiment rules change only through /experiments (they may be moved, not edited)."""
+    if _managed_rules(before or {}) != _managed_rules(after):
+        index = next((i for i, r in enumerate(after.get("rules", []))
+                      if r.get("kind") in MANAGED_KINDS), None)
+        field = f"rules.{index}" if index is not None else "rules"
+        raise ValidationError("experiment rules are managed through /api/v1/experiments; "
+                              "they can be reordered here but not added, edited or removed",
+                              field=field)
+
+
 def _update_flag(tx: Tx, runtime: Runtime, record: FlagRecord, doc: dict[str, Any],
-                 expected: int | None, action: str) -> FlagRecord:
-    _check_version(record.version, expected, "flag", record.key)
+                 expected: int | None, action: str, managed: bool = False) -> FlagRecord:
+    check_version(record.version, expected, "flag", record.key)
     if doc.get("key", record.key) != record.key:
         raise ValidationError("a flag's key cannot change (create a new flag instead)", field="key")
     canonical = _canonical_flag(runtime, tx.session, {**doc, "key": record.key})
+    if not managed:
+        _guard_managed(record.document, canonical)
     before, version = record.document, record.version + 1
     if not store.compare_and_set(tx.session, FlagRecord, record.key, record.version,
                                  _flag_values(canonical, tx)):
@@ -149,7 +187,7 @@ def set_enabled(runtime: Runtime, actor: str, key: str, enabled: bool,
     with runtime.change(actor) as tx:
         record = _require_flag(tx.session, key)
         if record.document.get("enabled") == enabled:
-            _check_version(record.version, expected, "flag", key)
+            check_version(record.version, expected, "flag", key)
             return flag_view(record)
         doc = {**record.document, "enabled": enabled}
         action = "enable" if enabled else "disable"
@@ -160,7 +198,11 @@ def delete_flag(runtime: Runtime, actor: str, key: str, expected: int | None = N
     """Delete a flag; its revisions stay, and a re-created key continues the numbering."""
     with runtime.change(actor) as tx:
         record = _require_flag(tx.session, key)
-        _check_version(record.version, expected, "flag", key)
+        check_version(record.version, expected, "flag", key)
+        managed = [r["params"]["experiment"] for r in _managed_rules(record.document)]
+        if managed:
+            raise ConflictError(f"flag {key!r} is used by experiments: {', '.join(managed)}; "
+                                "delete them first", {"experiments": managed})
         before = record.document
         tx.session.delete(record)
         tx.session.add(FlagRevisionRecord(
@@ -252,7 +294,7 @@ def replace_segment(runtime: Runtime, actor: str, key: str, doc: dict[str, Any],
     """Replace a segment's document; every flag using it sees the change."""
     with runtime.change(actor) as tx:
         record = _require_segment(tx.session, key)
-        _check_version(record.version, expected, "segment", key)
+        check_version(record.version, expected, "segment", key)
         if doc.get("key", key) != key:
             raise ValidationError("a segment's key cannot change", field="key")
         canonical = _canonical_segment(runtime, {**doc, "key": key})
@@ -289,7 +331,7 @@ def delete_segment(runtime: Runtime, actor: str, key: str, expected: int | None 
     """Delete a segment no flag uses (else 409 naming the flags)."""
     with runtime.change(actor) as tx:
         record = _require_segment(tx.session, key)
-        _check_version(record.version, expected, "segment", key)
+        check_version(record.version, expected, "segment", key)
         users = flags_using_segment(tx.session, key)
         if users:
             raise ConflictError(f"segment {key!r} is used by flags: {', '.join(users)}",

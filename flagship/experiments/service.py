@@ -1,0 +1,410 @@
+"""Layer and experiment use cases: configuration, lifecycle, bucket claims, release."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from flagship.db import as_utc, bump_snapshot_revision
+from flagship.diff import json_diff
+from flagship.errors import ConflictError, NotFoundError, ValidationError
+from flagship.experiments import allocation, store
+from flagship.experiments.store import ExperimentRecord, ExperimentRevisionRecord, LayerRecord
+from flagship.experiments.validate import RULE_PREFIX, flag_from_variants, validate_experiment
+from flagship.flags import service as flags
+from flagship.flags import store as flag_store
+from flagship.flags.bucketing import check_percentage
+from flagship.runtime import Runtime, Tx
+
+ACTIVE = ("running", "paused")
+TRANSITIONS = {"start": ("draft",), "pause": ("running",), "resume": ("paused",),
+               "stop": ACTIVE, "release": ACTIVE}
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = as_utc(value)
+    return value.isoformat() if value else None
+
+
+# -- layers ------------------------------------------------------------------------------
+
+def layer_view(record: LayerRecord, experiments: list[ExperimentRecord]) -> dict[str, Any]:
+    """A layer with its allocation map: who owns which buckets, and what is free."""
+    active = [e for e in experiments if e.status in ACTIVE]
+    allocations = [{"experiment": e.key, "status": e.status, "ranges": e.ranges,
+                    "percentage": allocation.size(e.ranges) / 100} for e in active]
+    free = allocation.free_ranges([e.ranges for e in active])
+    return {"key": record.key, "name": record.name, "description": record.description,
+            "salt": record.salt, "version": record.version, "created_at": _iso(record.created_at),
+            "updated_at": _iso(record.updated_at), "updated_by": record.updated_by,
+            "allocations": allocations, "free_ranges": [list(r) for r in free],
+            "free_percentage": allocation.size(free) / 100,
+            "experiments": [{"key": e.key, "status": e.status} for e in experiments]}
+
+
+def _layer_doc(record: LayerRecord) -> dict[str, Any]:
+    return {"key": record.key, "name": record.name, "description": record.description,
+            "salt": record.salt}
+
+
+def _require_layer(session: Session, key: str) -> LayerRecord:
+    record = store.get_layer(session, key)
+    if record is None:
+        raise NotFoundError(f"layer {key!r} not found")
+    return record
+
+
+def list_layers(runtime: Runtime) -> list[dict[str, Any]]:
+    with runtime.db.session() as session:
+        return [layer_view(r, list(store.experiments_in_layer(session, r.key)))
+                for r in store.layers(session)]
+
+
+def get_layer(runtime: Runtime, key: str) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        record = _require_layer(session, key)
+        return layer_view(record, list(store.experiments_in_layer(session, key)))
+
+
+def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
+    try:
+        with runtime.change(actor) as tx:
+            if store.get_layer(tx.session, doc["key"]) is not None:
+                raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]})
+            record = LayerRecord(key=doc["key"], name=doc.get("name") or doc["key"],
+                                 description=doc.get("description", ""),
+                                 salt=doc.get("salt") or doc["key"], version=1,
+                                 created_at=tx.now, updated_at=tx.now, updated_by=actor)
+            tx.session.add(record)
+            tx.session.flush()
+            tx.audit("layer.create", "layer", record.key, None, _layer_doc(record))
+            bump_snapshot_revision(tx.session)
+    except IntegrityError:
+        raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]}) from None
+    return layer_view(record, [])
+
+
+def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
+                 expected: int | None) -> dict[str, Any]:
+    """Change name/description; the salt only while no experiment ever used the layer."""
+    with runtime.change(actor) as tx:
+        record = _require_layer(tx.session, key)
+        flags.check_version(record.version, expected, "layer", key)
+        experiments = list(store.experiments_in_layer(tx.session, key))
+        if "salt" in patch and patch["salt"] != record.salt and any(
+                e.status != "draft" for e in experiments):
+            raise ConflictError("the salt of a layer that has run experiments cannot change: "
+                                "it would reshuffle every unit", {"salt": ["in use"]})
+        before = _layer_doc(record)
+        for name in ("name", "description", "salt"):
+            if name in patch:
+                setattr(record, name, patch[name])
+        record.version += 1
+        record.updated_at, record.updated_by = tx.now, actor
+        tx.audit("layer.update", "layer", key, before, _layer_doc(record))
+        bump_snapshot_revision(tx.session)
+        return layer_view(record, experiments)
+
+
+def delete_layer(runtime: Runtime, actor: str, key: str) -> None:
+    with runtime.change(actor) as tx:
+        record = _require_layer(tx.session, key)
+        experiments = list(store.experiments_in_layer(tx.session, key))
+        active = [e.key for e in experiments if e.status in ACTIVE]
+        if active:
+            raise ConflictError(f"layer {key!r} holds active experiments: {', '.join(active)}",
+                                {"experiments": active})
+        drafts = [e.key for e in experiments if e.status == "draft"]
+        if drafts:
+            raise ConflictError(f"layer {key!r} holds draft experiments: {', '.join(drafts)}; "
+                                "move or delete them first", {"experiments": drafts})
+        tx.audit("layer.delete", "layer", key, _layer_doc(record), None)
+        tx.session.delete(record)
+        bump_snapshot_revision(tx.session)
+
+
+# -- experiments: views and revisions ---------------------------------------------------------
+
+def experiment_view(record: ExperimentRecord) -> dict[str, Any]:
+    """The API form: configuration plus state, allocation and version."""
+    return {**record.document, "status": record.status, "ranges": record.ranges,
+            "allocated_percentage": allocation.size(record.ranges) / 100,
+            "rule_id": RULE_PREFIX + record.key, "version": record.version,
+            "started_at": _iso(record.started_at), "ended_at": _iso(record.ended_at),
+            "created_at": _iso(record.created_at), "created_by": record.created_by,
+            "updated_at": _iso(record.updated_at), "updated_by": record.updated_by}
+
+
+def _state_doc(record: ExperimentRecord) -> dict[str, Any]:
+    return {**record.document, "status": record.status, "ranges": record.ranges}
+
+
+def _revise(tx: Tx, record: ExperimentRecord, action: str, before: dict[str, Any] | None) -> None:
+    """Bump the version, store the revision and audit record, move the snapshot revision."""
+    record.version = (record.version or 0) + 1
+    record.updated_at, record.updated_by = tx.now, tx.actor
+    after = _state_doc(record)
+    tx.session.add(ExperimentRevisionRecord(
+        experiment_key=record.key, version=record.version, action=action, actor=tx.actor,
+        created_at=tx.now, document=after, diff=json_diff(before or {}, after)))
+    tx.audit(f"experiment.{action}", "experiment", record.key, before, after)
+    bump_snapshot_revision(tx.session)
+
+
+def _require(session: Session, key: str, lock: bool = False) -> ExperimentRecord:
+    record = store.get_experiment(session, key, lock=lock)
+    if record is None:
+        raise NotFoundError(f"experiment {key!r} not found")
+    return record
+
+
+def list_experiments(runtime: Runtime, *, status: str | None = None, layer: str | None = None,
+                     flag: str | None = None, page: int = 1,
+                     per_page: int = 50) -> tuple[list[dict[str, Any]], int]:
+    with runtime.db.session() as session:
+        rows, total = store.query_experiments(session, status=status, layer=layer, flag=flag,
+                                              offset=(page - 1) * per_page, limit=per_page)
+        return [experiment_view(r) for r in rows], total
+
+
+def get_experiment(runtime: Runtime, key: str) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        return experiment_view(_require(session, key))
+
+
+def list_experiment_revisions(runtime: Runtime, key: str, page: int = 1,
+                              per_page: int = 50) -> tuple[list[dict[str, Any]], int]:
+    with runtime.db.session() as session:
+        _require(session, key)
+        rows, total = store.experiment_revisions(session, key, (page - 1) * per_page, per_page)
+        return [{"version": r.version, "action": r.action, "actor": r.actor,
+                 "created_at": _iso(r.created_at), "document": r.document, "diff": r.diff}
+                for r in rows], total
+
+
+# -- experiments: the flag rule -----------------------------------------------------------------
+
+def _rule(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": RULE_PREFIX + doc["key"], "kind": "experiment", "conditions": doc["targeting"],
+            "params": {"experiment": doc["key"]}}
+
+
+def _place(rule: dict[str, Any], position: int | None) -> Any:
+    """A flag-document change that puts `rule` at `position` (or keeps its place)."""
+    def change(flag_doc: dict[str, Any]) -> dict[str, Any]:
+        rules = flag_doc.get("rules", [])
+        current = next((i for i, r in enumerate(rules) if r["id"] == rule["id"]), None)
+        rules = [r for r in rules if r["id"] != rule["id"]]
+        where = current if position is None and current is not None else (position or 0)
+        rules.insert(min(where, len(rules)), rule)
+        return {**flag_doc, "rules": rules}
+    return change
+
+
+def _drop(rule_id: str) -> Any:
+    def change(flag_doc: dict[str, Any]) -> dict[str, Any]:
+        return {**flag_doc, "rules": [r for r in flag_doc.get("rules", []) if r["id"] != rule_id]}
+    return change
+
+
+def _flag_variants(session: Session, key: str) -> dict[str, Any] | None:
+    record = flag_store.get_flag(session, key)
+    return None if record is None else record.document["variants"]
+
+
+def _validated(runtime: Runtime, session: Session, doc: dict[str, Any]) -> dict[str, Any]:
+    if store.get_layer(session, doc["layer"]) is None:
+        raise ValidationError(f"layer {doc['layer']!r} not found", field="layer")
+    return validate_experiment(doc, operators=runtime.operators,
+                               segment_keys=flag_store.segment_keys(session),
+                               flag_variants=_flag_variants(session, doc["flag"]))
+
+
+# -- experiments: configuration ---------------------------------------------------------------
+
+def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A draft experiment; its rule is placed on the flag (created from variant values if new)."""
+    try:
+        with runtime.change(actor) as tx:
+            if store.get_experiment(tx.session, doc["key"]) is not None:
+                raise ConflictError(f"experiment {doc['key']!r} already exists", {"key": ["already exists"]})
+            canonical = _validated(runtime, tx.session, doc)
+            if _flag_variants(tx.session, canonical["flag"]) is None:
+                flags.insert_flag(tx, runtime, flag_from_variants(
+                    canonical["flag"], doc["variants"], canonical["key"]), managed=True)
+            flags.rewrite_flag(tx, runtime, canonical["flag"],
+                               _place(_rule(canonical), canonical["rule_position"]), "experiment")
+            record = ExperimentRecord(
+                key=canonical["key"], flag_key=canonical["flag"], layer_key=canonical["layer"],
+                status="draft", version=_last_version(tx.session, canonical["key"]),
+                document=canonical, ranges=[], created_at=tx.now, created_by=actor,
+                updated_at=tx.now, updated_by=actor)
+            tx.session.add(record)
+            _revise(tx, record, "create", None)
+            tx.session.flush()
+    except IntegrityError:
+        raise ConflictError(f"experiment {doc['key']!r} already exists", {"key": ["already exists"]}) from None
+    return experiment_view(record)
+
+
+def _last_version(session: Session, key: str) -> int:
+    value = session.execute(sa.select(sa.func.max(ExperimentRevisionRecord.version))
+                            .where(ExperimentRevisionRecord.experiment_key == key)).scalar()
+    return int(value or 0)
+
+
+DESCRIPTIVE = {"name", "description", "hypothesis", "owner", "metadata", "success_metrics",
+               "guardrail_metrics", "minimum_sample_size", "significance_level", "power",
+               "multiple_testing"}
+
+
+def _check_change(record: ExperimentRecord, new: dict[str, Any]) -> None:
+    old = record.document
+    changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    if record.status in ("completed", "terminated") and changed - DESCRIPTIVE:
+        raise ConflictError(f"experiment {record.key!r} is {record.status}: only descriptive fields "
+                            f"can change, not {', '.join(sorted(changed - DESCRIPTIVE))}",
+                            {"status": [record.status]})
+    if record.status != "draft":
+        for name in ("flag", "layer"):
+            if name in changed:
+                raise ConflictError(f"the {name} of a started experiment cannot change",
+                                    {name: [f"experiment is {record.status}"]})
+        if [v["variant"] for v in old["variants"]] != [v["variant"] for v in new["variants"]]:
+            raise ConflictError("variants of a started experiment cannot be added, removed or "
+                                "renamed (weights may change)", {"variants": ["started"]})
+
+
+def update_experiment(runtime: Runtime, actor: str, key: str, doc: dict[str, Any],
+                      expected: int | None, partial: bool) -> dict[str, Any]:
+    """PUT (partial=False) or PATCH an experiment's configuration."""
+    with runtime.change(actor) as tx:
+        record = _require(tx.session, key, lock=True)
+        flags.check_version(record.version, expected, "experiment", key)
+        if doc.get("key", key) != key:
+            raise ValidationError("an experiment's key cannot change", field="key")
+        merged = {**record.document, **doc} if partial else {**doc, "key": key}
+        canonical = _validated(runtime, tx.session, merged)
+        _check_change(record, canonical)
+        before = _state_doc(record)
+        if record.status in ACTIVE and canonical["traffic_percentage"] != record.document["traffic_percentage"]:
+            record.ranges = _claim(tx.session, record, canonical["traffic_percentage"], keep=record.ranges)
+        if canonical["flag"] != record.flag_key:
+            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(RULE_PREFIX + key), "experiment")
+            record.flag_key = canonical["flag"]
+        record.layer_key = canonical["layer"]
+        if record.status not in ("completed", "terminated"):
+            position = canonical["rule_position"] if canonical["rule_position"] != record.document.get(
+                "rule_position") else None
+            flags.rewrite_flag(tx, runtime, canonical["flag"], _place(_rule(canonical), position),
+                               "experiment")
+        record.document = canonical
+        _revise(tx, record, "update", before)
+        return experiment_view(record)
+
+
+def delete_experiment(runtime: Runtime, actor: str, key: str) -> None:
+    """Only drafts are deleted; finished experiments are kept for their results."""
+    with runtime.change(actor) as tx:
+        record = _require(tx.session, key, lock=True)
+        if record.status != "draft":
+            raise ConflictError(f"experiment {key!r} is {record.status}: only drafts can be deleted "
+                                "(stop it; finished experiments are kept for their results)",
+                                {"status": [record.status]})
+        if flag_store.get_flag(tx.session, record.flag_key) is not None:
+            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(RULE_PREFIX + key), "experiment")
+        tx.audit("experiment.delete", "experiment", key, _state_doc(record), None)
+        tx.session.delete(record)
+        bump_snapshot_revision(tx.session)
+
+
+# -- experiments: lifecycle ---------------------------------------------------------------------
+
+def _claim(session: Session, record: ExperimentRecord, percentage: float,
+           keep: list | None = None) -> list:
+    """Buckets for `record` in its layer, keeping `keep` (row lock: no double claims)."""
+    session.execute(sa.select(LayerRecord.id).where(LayerRecord.key == record.layer_key)
+                    .with_for_update())
+    others = [e.ranges for e in store.experiments_in_layer(session, record.layer_key)
+              if e.status in ACTIVE and e.key != record.key]
+    count = allocation.buckets_for(percentage)
+    ranges = [tuple(r) for r in keep or []]
+    return [list(r) for r in allocation.resize(ranges, others, count)]
+
+
+def _start(tx: Tx, runtime: Runtime, record: ExperimentRecord) -> None:
+    if flag_store.get_flag(tx.session, record.flag_key) is None:
+        raise ConflictError(f"flag {record.flag_key!r} of this experiment no longer exists")
+    rivals = [e.key for e in store.experiments_of_flag(tx.session, record.flag_key)
+              if e.status in ACTIVE and e.key != record.key]
+    if rivals:
+        raise ConflictError(f"flag {record.flag_key!r} already has an active experiment: {rivals[0]}",
+                            {"flag": [f"active experiment {rivals[0]}"]})
+    end_at = record.document.get("end_at")
+    if end_at and datetime.fromisoformat(end_at) <= tx.now:
+        raise ConflictError("the experiment's window has already ended", {"end_at": [end_at]})
+    record.ranges = _claim(tx.session, record, record.document["traffic_percentage"])
+    record.status, record.started_at = "running", tx.now
+    flags.rewrite_flag(tx, runtime, record.flag_key, _place(_rule(record.document), None), "experiment")
+
+
+def transition(runtime: Runtime, actor: str, key: str, action: str,
+               outcome: str = "completed") -> dict[str, Any]:
+    """start | pause | resume | stop; an illegal move is a 409 naming the current state."""
+    with runtime.change(actor) as tx:
+        record = _require(tx.session, key, lock=True)
+        if record.status not in TRANSITIONS[action]:
+            raise ConflictError(f"cannot {action} experiment {key!r}: it is {record.status}",
+                                {"status": [record.status]})
+        before = _state_doc(record)
+        if action == "start":
+            _start(tx, runtime, record)
+        elif action in ("pause", "resume"):
+            record.status = "paused" if action == "pause" else "running"
+        else:
+            if outcome not in ("completed", "terminated"):
+                raise ValidationError("must be completed or terminated", field="outcome")
+            record.status, record.ranges, record.ended_at = outcome, [], tx.now
+        _revise(tx, record, action, before)
+        return experiment_view(record)
+
+
+def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: float) -> dict[str, Any]:
+    """Complete the experiment and serve `variant` to `percentage` of its targeted units.
+
+    On a completed experiment that was released before, this ramps the release.
+    """
+    with runtime.change(actor) as tx:
+        record = _require(tx.session, key, lock=True)
+        rule_id = "rel-" + key
+        released = flag_store.get_flag(tx.session, record.flag_key)
+        has_release = released is not None and any(r["id"] == rule_id for r in released.document["rules"])
+        if record.status not in ACTIVE and not (record.status == "completed" and has_release):
+            raise ConflictError(f"cannot release experiment {key!r}: it is {record.status}",
+                                {"status": [record.status]})
+        if variant not in {v["variant"] for v in record.document["variants"]}:
+            raise ValidationError(f"{variant!r} is not a variant of experiment {key!r}", field="variant")
+        try:
+            percentage = check_percentage(percentage)
+        except ValueError as err:
+            raise ValidationError(str(err), field="percentage") from None
+        rule = {"id": rule_id, "kind": "release", "variant": variant, "percentage": percentage,
+                "conditions": record.document["targeting"], "params": {"experiment": key}}
+        before = _state_doc(record)
+
+        def swap(flag_doc: dict[str, Any]) -> dict[str, Any]:
+            rules = flag_doc.get("rules", [])
+            at = next((i for i, r in enumerate(rules) if r["id"] in (RULE_PREFIX + key, rule_id)),
+                      min(record.document["rule_position"], len(rules)))
+            rules = [r for r in rules if r["id"] not in (RULE_PREFIX + key, rule_id)]
+            rules.insert(at, rule)
+            return {**flag_doc, "rules": rules}
+
+        flags.rewrite_flag(tx, runtime, record.flag_key, swap, "release")
+        if record.status in ACTIVE:
+            record.status, record.ranges, record.ended_at = "completed", [], tx.now
+        _revise(tx, record, "release", before)
+        return experiment_view(record)

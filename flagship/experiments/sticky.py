@@ -1,0 +1,116 @@
+"""Server-side sticky assignment stores (the interface is in `assign.py`).
+
+`SqlAssignments` is the embedded default: the `exposures` table is both the sticky
+record and the exposure log. `RedisAssignments` is for production; exposures still land
+in SQL for the analysis.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlmodel import Column, Field, SQLModel
+
+from flagship.experiments.assign import Assignment, AssignmentStore
+
+
+class ExposureRecord(SQLModel, table=True):
+    """First exposure of a unit to an experiment (and its sticky variant)."""
+
+    __tablename__ = "exposures"
+    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
+    unit: str = Field(sa_column=Column(sa.String(256), primary_key=True, index=True))
+    variant: str
+    layer_key: str
+    assigned_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _from_row(row: Any) -> Assignment:
+    return Assignment(row.experiment_key, row.unit, row.variant, row.layer_key, _utc(row.assigned_at))
+
+
+def insert_exposure(engine: sa.Engine, assignment: Assignment) -> bool:
+    """Insert the exposure unless present; True if this call inserted it (race-free)."""
+    table = ExposureRecord.__table__
+    values = {"experiment_key": assignment.experiment, "unit": assignment.unit,
+              "variant": assignment.variant, "layer_key": assignment.layer,
+              "assigned_at": assignment.assigned_at}
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).values(**values).on_conflict_do_nothing()
+    with engine.begin() as conn:
+        return conn.execute(statement).rowcount == 1
+
+
+class SqlAssignments:
+    """The embedded default: assignments are the rows of the exposures table."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._select = sa.select(ExposureRecord.__table__)
+
+    def for_unit(self, unit: str) -> dict[str, Assignment]:
+        table = ExposureRecord.__table__
+        with self._engine.connect() as conn:
+            rows = conn.execute(self._select.where(table.c.unit == unit)).all()
+        return {row.experiment_key: _from_row(row) for row in rows}
+
+    def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
+        if insert_exposure(self._engine, assignment):
+            return assignment, True
+        existing = self.for_unit(assignment.unit).get(assignment.experiment)
+        return (existing or assignment), False
+
+
+class RedisAssignments:
+    """Production store: one Redis hash per unit, field = experiment (HSETNX is the lock).
+
+    Exposures are still written to SQL, where the analysis reads them; the Redis hash
+    is the sticky record the hot path consults.
+    """
+
+    def __init__(self, client: Any, engine: sa.Engine, prefix: str = "flagship:assign:") -> None:
+        self._redis = client
+        self._engine = engine
+        self._prefix = prefix
+
+    def for_unit(self, unit: str) -> dict[str, Assignment]:
+        raw = self._redis.hgetall(self._prefix + unit)
+        return {_text(exp): _decode(_text(exp), unit, _text(value)) for exp, value in raw.items()}
+
+    def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
+        key = self._prefix + assignment.unit
+        encoded = f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
+        if self._redis.hsetnx(key, assignment.experiment, encoded):
+            insert_exposure(self._engine, assignment)
+            return assignment, True
+        current = self._redis.hget(key, assignment.experiment)
+        return _decode(assignment.experiment, assignment.unit, _text(current)), False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(experiment: str, unit: str, value: str) -> Assignment:
+    variant, layer, at = value.split("\t")
+    return Assignment(experiment, unit, variant, layer, datetime.fromisoformat(at))
+
+
+def make_assignment_store(engine: sa.Engine, redis_url: str) -> AssignmentStore:
+    """Redis when FLAGSHIP_REDIS_URL is set, else the SQL exposures table."""
+    if redis_url:
+        import redis
+
+        return RedisAssignments(redis.Redis.from_url(redis_url), engine)
+    return SqlAssignments(engine)
+
+
+__all__ = ["SqlAssignments", "RedisAssignments", "ExposureRecord", "make_assignment_store"]
