@@ -44,9 +44,10 @@ def insert_exposure(engine: sa.Engine, assignment: Assignment) -> bool:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING tells reliably whether this statement inserted (rowcount does not, on psycopg)
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.unit)
     with engine.begin() as conn:
-        return conn.execute(statement).rowcount == 1
+        return conn.execute(statement).first() is not None
 
 
 class SqlAssignments:
