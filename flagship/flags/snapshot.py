@@ -14,6 +14,7 @@ from flagship.errors import ValidationError
 from flagship.flags.evaluate import (
     DEFAULT, DISABLED, ERROR, FLAG_NOT_FOUND, GENERAL, INVALID_CONTEXT, PARSE_ERROR, SPLIT,
     TARGETING_MATCH, TYPE_MISMATCH, EvalState, Evaluation, compile_flag, compile_segment)
+from flagship.flags.explain import checked, explain, not_found
 from flagship.flags.layers import (ExperimentSpec, Layer, compile_extras, experiment_from_dict,
                                    experiment_to_dict, layer_from_dict, layer_to_dict)
 from flagship.flags.model import (
@@ -62,7 +63,7 @@ class Snapshot:
     """An immutable, compiled revision of all flags and segments; `evaluate` never raises."""
 
     __slots__ = ("_revision", "_flags", "_segments", "_layers", "_experiments", "_compiled",
-                 "_fallbacks")
+                 "_fallbacks", "_operators", "_members", "_extras")
 
     def __init__(self, revision: int, flags: Iterable[Flag] = (),
                  segments: Iterable[Segment] = (),
@@ -79,6 +80,8 @@ class Snapshot:
         extras = compile_extras(list(self._layers.values()), list(self._experiments.values()))
         self._compiled = {key: compile_flag(f, operators, members, extras)
                           for key, f in self._flags.items()}
+        # what the slow-path explainer needs, shared with the compiled flags
+        self._operators, self._members, self._extras = operators, members, extras
         self._fallbacks = {
             key: Evaluation(key, f.variants[f.default_variant], f.default_variant, ERROR,
                             None, GENERAL, None)
@@ -151,6 +154,17 @@ class Snapshot:
         except Exception as err:  # noqa: BLE001 - a broken plugin or odd context must not crash callers
             return replace(self._fallbacks[flag_key],
                            error_message=f"{type(err).__name__}: {err}")
+
+    def explain(self, flag_key: str, context: Any,
+                state: EvalState | None = None) -> dict[str, Any]:
+        """Explain how `flag_key` evaluates, step by step with the raw numbers; never raises."""
+        evaluation = self.evaluate(flag_key, context, state)
+        if evaluation.error_code == FLAG_NOT_FOUND:  # only evaluate() itself reports this code
+            return not_found(evaluation)
+        doc = explain(self._flags[flag_key], context, state, operators=self._operators,
+                      segments=self._segments, compiled_segments=self._members,
+                      extras=self._extras)
+        return checked(doc, evaluation)
 
     def evaluate_all(self, context: Any, state: EvalState | None = None) -> dict[str, Evaluation]:
         """Evaluate every flag for `context`, by flag key."""
