@@ -3,7 +3,9 @@
 Prints: single-flag POST /api/v1/evaluate latency at a fixed arrival rate (open loop,
 latency measured from each request's scheduled start, so a stall is not hidden) and the
 closed-loop maximum throughput; GET /api/v1/sdk/snapshot 304 latency with 1,000 flags.
-Targets: evaluate p99 <= 10 ms at 500 requests/s; snapshot 304 p50 <= 2 ms.
+Also: POST /experiments/{key}/assign at the same rate, every request a new unit, so
+each one persists a sticky assignment and an exposure on SQLite.
+Targets: evaluate and assign p99 <= 10 ms at 500 requests/s; snapshot 304 p50 <= 2 ms.
 
     python benchmarks/bench_http.py [--rate 500] [--seconds 10]
 """
@@ -89,7 +91,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int = 32) -> dict:
+def evaluate_body(i: int) -> tuple[str, dict]:
+    return "/api/v1/evaluate", {"context": {"key": f"user-{i}", "country": "NL", "email": f"u{i}@x.org",
+                                            "app_version": "2.1.0", "age": i % 80}, "flags": ["flag-0001"]}
+
+
+def assign_body(i: int) -> tuple[str, dict]:
+    # a new unit every time: each request persists a first assignment (the worst case)
+    return "/api/v1/experiments/bench-exp/assign", {"context": {"key": f"unit-{i}"}}
+
+
+def returning_body(i: int) -> tuple[str, dict]:
+    # units seen before (the common case): the sticky record is read, nothing is written
+    return "/api/v1/experiments/bench-exp/assign", {"context": {"key": f"unit-{i % 2000}"}}
+
+
+def seed_experiment(port: int, headers: dict) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for path, body in [
+            ("/api/v1/layers", {"key": "bench"}),
+            ("/api/v1/experiments", {"key": "bench-exp", "flag": "bench-flag", "layer": "bench",
+                                     "traffic_percentage": 100, "variants": [
+                                         {"variant": "a", "value": "A", "is_control": True},
+                                         {"variant": "b", "value": "B"}]}),
+            ("/api/v1/experiments/bench-exp/start", None)]:
+        status, payload = request(port, "POST", path, body, headers, conn)
+        assert status in (200, 201), payload
+
+
+def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int = 16,
+              make=evaluate_body) -> dict:
     """Requests scheduled at a fixed rate; latency counted from the scheduled start."""
     total = int(rate * seconds)
     counter = itertools.count()
@@ -105,9 +136,8 @@ def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int 
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            body = {"context": {"key": f"user-{i}", "country": "NL", "email": f"u{i}@x.org",
-                                "app_version": "2.1.0", "age": i % 80}, "flags": ["flag-0001"]}
-            status, _ = request(port, "POST", "/api/v1/evaluate", body, headers, conn)
+            path, body = make(i)
+            status, _ = request(port, "POST", path, body, headers, conn)
             elapsed = time.perf_counter() - scheduled
             with lock:
                 latencies.append(elapsed)
@@ -120,7 +150,8 @@ def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int 
         t.join()
     duration = time.perf_counter() - start
     return {"requests": total, "achieved_rps": total / duration, "errors": errors[0],
-            "p50_ms": percentile(latencies, 0.50) * 1e3, "p99_ms": percentile(latencies, 0.99) * 1e3}
+            "p50_ms": percentile(latencies, 0.50) * 1e3, "p95_ms": percentile(latencies, 0.95) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3, "max_ms": max(latencies) * 1e3}
 
 
 def closed_loop(port: int, headers: dict, seconds: float, threads: int = 8) -> float:
@@ -176,8 +207,22 @@ def main() -> None:
             result = open_loop(port, headers, args.rate, args.seconds)
             print(f"POST /evaluate at {args.rate} req/s for {args.seconds:.0f} s: "
                   f"achieved {result['achieved_rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
-                  f"p99 {result['p99_ms']:.2f} ms, errors {result['errors']} (target p99 <= 10 ms)")
+                  f"p95 {result['p95_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+                  f"max {result['max_ms']:.0f} ms, errors {result['errors']} (target p99 <= 10 ms)")
             print(f"POST /evaluate closed loop, 8 connections: {closed_loop(port, headers, 5):.0f} req/s")
+            seed_experiment(port, headers)
+            # warm up: each worker recompiles the snapshot once after the experiment starts
+            open_loop(port, headers, 100, 1, make=lambda i: assign_body(10_000_000 + i))
+            sticky = open_loop(port, headers, args.rate, args.seconds, make=assign_body)
+            print(f"POST /experiments/{{key}}/assign (new unit each time: sticky write + exposure) "
+                  f"at {args.rate} req/s: achieved {sticky['achieved_rps']:.0f} req/s, "
+                  f"p50 {sticky['p50_ms']:.2f} ms, p95 {sticky['p95_ms']:.2f} ms, "
+                  f"p99 {sticky['p99_ms']:.2f} ms, max {sticky['max_ms']:.0f} ms, "
+                  f"errors {sticky['errors']} (target p99 <= 10 ms)")
+            again = open_loop(port, headers, args.rate, args.seconds, make=returning_body)
+            print(f"POST /experiments/{{key}}/assign (returning units: sticky read) at {args.rate} req/s: "
+                  f"p50 {again['p50_ms']:.2f} ms, p95 {again['p95_ms']:.2f} ms, "
+                  f"p99 {again['p99_ms']:.2f} ms, max {again['max_ms']:.0f} ms")
             snap = snapshot_304(port, headers)
             print(f"GET /sdk/snapshot 304 with {args.flags} flags ({snap['snapshot_bytes']} bytes body): "
                   f"p50 {snap['p50_ms']:.2f} ms, p99 {snap['p99_ms']:.2f} ms (target p50 <= 2 ms)")

@@ -33,8 +33,10 @@ def _init_services(runtime: Runtime) -> None:
     from flagship.evaluation import Evaluator, SnapshotCache
     from flagship.experiments.sticky import make_assignment_store
 
-    snapshots = SnapshotCache(runtime.db, runtime.operators)
-    assignments = make_assignment_store(runtime.db.engine, runtime.config["REDIS_URL"])
+    # long-running server processes keep the compiled snapshot out of GC scans
+    snapshots = SnapshotCache(runtime.db, runtime.operators,
+                              settle_gc=runtime.config.get("SERVER", False))
+    assignments = make_assignment_store(runtime.db, runtime.config["REDIS_URL"])
     # the lambda reads runtime.clock at call time, so tests can move the clock
     runtime.caches["evaluator"] = Evaluator(snapshots, assignments, lambda: runtime.clock())
 

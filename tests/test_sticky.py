@@ -27,12 +27,12 @@ def redis_client():
 
 @pytest.fixture(params=["memory", "sql", "redis"])
 def store(request, runtime):
-    engine = runtime.db.engine
+    db = runtime.db
     if request.param == "memory":
         return MemoryAssignments()
     if request.param == "sql":
-        return SqlAssignments(engine)
-    return RedisAssignments(request.getfixturevalue("redis_client"), engine)
+        return SqlAssignments(db)
+    return RedisAssignments(request.getfixturevalue("redis_client"), db)
 
 
 def test_first_assignment_wins_and_is_listed(store):
@@ -63,7 +63,7 @@ def test_concurrent_first_assignments_agree(store):
 
 
 def test_redis_store_also_writes_the_exposure_to_sql(runtime, redis_client):
-    store = RedisAssignments(redis_client, runtime.db.engine)
+    store = RedisAssignments(redis_client, runtime.db)
     store.assign(Assignment("exp", "u9", "blue", "main", AT))
     store.assign(Assignment("exp", "u9", "red", "main", AT))
     with runtime.db.engine.connect() as conn:

@@ -169,7 +169,8 @@ class ExperimentAssign(MethodView):
         """Assign a unit (sticky); the first assignment records an exposure"""
         from flagship.serving import evaluator
 
-        flag_key = service.get_experiment(runtime(), key)["flag"]
+        spec = evaluator().snapshots.get().snapshot.experiments.get(key)
+        flag_key = spec.flag if spec else service.get_experiment(runtime(), key)["flag"]
         outcome = evaluator().evaluate(body["context"], [flag_key])
         result = outcome.results[flag_key]
         inside = result.experiment == key

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlmodel import Column, Field, SQLModel
 
+from flagship.db import Database
 from flagship.experiments.assign import Assignment, AssignmentStore
 
 
@@ -34,37 +35,36 @@ def _from_row(row: Any) -> Assignment:
     return Assignment(row.experiment_key, row.unit, row.variant, row.layer_key, _utc(row.assigned_at))
 
 
-def insert_exposure(engine: sa.Engine, assignment: Assignment) -> bool:
+def insert_exposure(db: Database, assignment: Assignment) -> bool:
     """Insert the exposure unless present; True if this call inserted it (race-free)."""
     table = ExposureRecord.__table__
     values = {"experiment_key": assignment.experiment, "unit": assignment.unit,
               "variant": assignment.variant, "layer_key": assignment.layer,
               "assigned_at": assignment.assigned_at}
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
+    if db.is_sqlite:
         from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
     # RETURNING tells reliably whether this statement inserted (rowcount does not, on psycopg)
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.unit)
-    with engine.begin() as conn:
-        return conn.execute(statement).first() is not None
+    return db.batched(lambda conn: conn.execute(statement).first() is not None)
 
 
 class SqlAssignments:
     """The embedded default: assignments are the rows of the exposures table."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self._select = sa.select(ExposureRecord.__table__)
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
         table = ExposureRecord.__table__
-        with self._engine.connect() as conn:
+        with self._db.engine.connect() as conn:
             rows = conn.execute(self._select.where(table.c.unit == unit)).all()
         return {row.experiment_key: _from_row(row) for row in rows}
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
-        if insert_exposure(self._engine, assignment):
+        if insert_exposure(self._db, assignment):
             return assignment, True
         existing = self.for_unit(assignment.unit).get(assignment.experiment)
         return (existing or assignment), False
@@ -77,9 +77,9 @@ class RedisAssignments:
     is the sticky record the hot path consults.
     """
 
-    def __init__(self, client: Any, engine: sa.Engine, prefix: str = "flagship:assign:") -> None:
+    def __init__(self, client: Any, db: Database, prefix: str = "flagship:assign:") -> None:
         self._redis = client
-        self._engine = engine
+        self._db = db
         self._prefix = prefix
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
@@ -90,7 +90,7 @@ class RedisAssignments:
         key = self._prefix + assignment.unit
         encoded = f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
         if self._redis.hsetnx(key, assignment.experiment, encoded):
-            insert_exposure(self._engine, assignment)
+            insert_exposure(self._db, assignment)
             return assignment, True
         current = self._redis.hget(key, assignment.experiment)
         return _decode(assignment.experiment, assignment.unit, _text(current)), False
@@ -105,13 +105,13 @@ def _decode(experiment: str, unit: str, value: str) -> Assignment:
     return Assignment(experiment, unit, variant, layer, datetime.fromisoformat(at))
 
 
-def make_assignment_store(engine: sa.Engine, redis_url: str) -> AssignmentStore:
+def make_assignment_store(db: Database, redis_url: str) -> AssignmentStore:
     """Redis when FLAGSHIP_REDIS_URL is set, else the SQL exposures table."""
     if redis_url:
         import redis
 
-        return RedisAssignments(redis.Redis.from_url(redis_url), engine)
-    return SqlAssignments(engine)
+        return RedisAssignments(redis.Redis.from_url(redis_url), db)
+    return SqlAssignments(db)
 
 
 __all__ = ["SqlAssignments", "RedisAssignments", "ExposureRecord", "make_assignment_store"]
