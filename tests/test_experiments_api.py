@@ -318,3 +318,20 @@ def test_listing_filters(api):
     snapshot = api("get", "/sdk/snapshot")
     assert [e["key"] for e in snapshot["experiments"]] == ["a", "b"]
     assert snapshot["layers"] == [{"key": "main", "salt": "main"}]
+
+
+def test_explain_shows_the_raw_numbers(api, client, sdk):
+    import mmh3
+    api("post", "/layers", {"key": "main", "salt": "main-salt"}, 201)
+    colour_flag(api)
+    api("post", "/experiments", experiment(traffic=50), 201)
+    api("post", "/experiments/exp-a/start")
+    inside = next(f"u{i}" for i in range(100) if assign(client, sdk, "exp-a", f"u{i}")["in_experiment"])
+    body = client.post(f"{V}/explain", json={"flag": "colour", "context": {"key": inside}}, headers=sdk).json
+    step = next(s for s in body["steps"] if s.get("kind") == "experiment")
+    assert step["layer_bucket"] == mmh3.hash(f"main-salt:{inside}", 0, signed=False) % 10000
+    assert step["bucket_owner"] == "exp-a" and step["sticky_variant"] == body["result"]["variant"]
+    assert body["result"]["experiment"] == "exp-a" and "mismatch" not in body
+    missing = client.post(f"{V}/explain", json={"flag": "nope", "context": {}}, headers=sdk).json
+    assert missing["result"]["error_code"] == "FLAG_NOT_FOUND"
+    assert client.post(f"{V}/explain", json={"context": {}}, headers=sdk).status_code == 422
