@@ -38,6 +38,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("THREADS", 8, "Threads per server process.", int),
     Setting("MAX_BODY_BYTES", 1_048_576, "Largest accepted request body; larger gets 413.", int),
     Setting("AUTH", True, "Require API keys. Turn off only for local experiments.", bool),
+    Setting("MAX_EVENT_BATCH", 10_000, "Most events in one batch request; more gets 413.", int),
+    Setting("MAX_EVENT_BATCH_BYTES", 16_777_216, "Largest event batch body; larger gets 413.", int),
+    Setting("EVENT_MAX_PAST_DAYS", 30, "Events older than this many days are rejected.", int),
+    Setting("EVENT_MAX_FUTURE_SECONDS", 300, "Events this far ahead of the server clock are rejected.", int),
+    Setting("EVENT_LATE_SECONDS", 3600, "Events arriving this long after they happened count as late.", int),
 )
 
 

@@ -25,6 +25,9 @@ class ExposureRecord(SQLModel, table=True):
     variant: str
     layer_key: str
     assigned_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    # the aggregator's work queue: exposures whose earlier events are not yet attributed
+    aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
+                                                             server_default=sa.false(), index=True))
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,0 +1,259 @@
+"""Incremental attribution: events and exposures folded into per-unit, per-metric rows.
+
+Work queue: rows of `events` and `exposures` with ``aggregated = false``. One round,
+in one transaction with a consistent view (SQLite: the write lock; PostgreSQL:
+REPEATABLE READ behind an advisory lock), pairs
+
+- every new exposure with the unit's already-aggregated events, and
+- every new event with all of the unit's exposures,
+
+then marks both sets aggregated. Each (event, exposure) pair is therefore folded in
+exactly once, whichever of the two arrived first. An event counts for an experiment's
+metric when it comes at or after the unit's first exposure and inside the experiment's
+window; events before the exposure feed the pre-exposure value (for CUPED).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+import sqlalchemy as sa
+from sqlmodel import Column, Field, SQLModel
+
+from flagship.db import Database
+from flagship.experiments.ingest import EventRecord
+from flagship.experiments.metrics import Metric, metrics_by_key
+from flagship.experiments.sticky import ExposureRecord
+from flagship.experiments.store import ExperimentRecord
+
+CHUNK = 500
+COUNTERS = ("post_sum", "post_count", "den_sum", "den_count", "pre_sum", "pre_count", "pre_den_sum")
+
+
+class UnitMetricRecord(SQLModel, table=True):
+    """One unit's accumulated values for one metric of one experiment."""
+
+    __tablename__ = "unit_metrics"
+    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
+    metric_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
+    unit: str = Field(sa_column=Column(sa.String(256), primary_key=True))
+    variant: str
+    post_sum: float = 0.0
+    post_count: int = 0
+    den_sum: float = 0.0
+    den_count: int = 0
+    pre_sum: float = 0.0
+    pre_count: int = 0
+    pre_den_sum: float = 0.0
+
+
+class AggregationStateRecord(SQLModel, table=True):
+    """The metric definitions an experiment's unit rows were built with."""
+
+    __tablename__ = "aggregation_state"
+    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
+    signature: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One experiment's attribution rules for a round."""
+
+    key: str
+    start: datetime
+    end: datetime | None
+    metrics: tuple[Metric, ...]
+
+    @property
+    def signature(self) -> str:
+        return "|".join(f"{m.key}:{m.event}:{m.kind}:{m.denominator_event or ''}"
+                        for m in sorted(self.metrics, key=lambda m: m.key))
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _plans(conn: sa.Connection) -> dict[str, Plan]:
+    table = ExperimentRecord.__table__
+    records = conn.execute(sa.select(table).where(table.c.started_at.is_not(None))).all()
+    wanted = {k for r in records for k in _metric_keys(r.document)}
+    with sa.orm.Session(bind=conn) as session:
+        metrics = metrics_by_key(session, wanted)
+    plans = {}
+    for record in records:
+        doc = record.document
+        starts = [t for t in (_utc(record.started_at), _utc(doc.get("start_at"))) if t]
+        ends = [t for t in (_utc(record.ended_at), _utc(doc.get("end_at"))) if t]
+        chosen = tuple(metrics[k] for k in _metric_keys(doc) if k in metrics)
+        if chosen:
+            plans[record.key] = Plan(record.key, max(starts), min(ends) if ends else None, chosen)
+    return plans
+
+
+def _metric_keys(doc: dict[str, Any]) -> list[str]:
+    keys = list(doc.get("success_metrics", [])) + [g["metric"] for g in doc.get("guardrail_metrics", [])]
+    return list(dict.fromkeys(keys))
+
+
+class Deltas:
+    """Accumulates per (experiment, metric, unit) increments for one round."""
+
+    def __init__(self, plans: dict[str, Plan]) -> None:
+        self.rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._by_event: dict[str, list[tuple[Plan, Metric, str]]] = {}
+        for plan in plans.values():
+            for metric in plan.metrics:
+                self._by_event.setdefault(metric.event, []).append((plan, metric, "num"))
+                if metric.denominator_event:
+                    self._by_event.setdefault(metric.denominator_event, []).append((plan, metric, "den"))
+
+    @property
+    def event_names(self) -> set[str]:
+        return set(self._by_event)
+
+    def pair(self, event: Any, exposure: Any) -> None:
+        """Fold one (event, exposure) pair in."""
+        ts, assigned = _utc(event.timestamp), _utc(exposure.assigned_at)
+        for plan, metric, role in self._by_event.get(event.event, ()):
+            if plan.key != exposure.experiment_key:
+                continue
+            if ts < assigned:
+                column = "pre_sum" if role == "num" else "pre_den_sum"
+                counter = "pre_count" if role == "num" else None
+            elif ts >= plan.start and (plan.end is None or ts < plan.end):
+                column, counter = ("post_sum", "post_count") if role == "num" else ("den_sum", "den_count")
+            else:
+                continue  # after the window closed
+            row = self.rows.setdefault((plan.key, metric.key, exposure.unit), {
+                "experiment_key": plan.key, "metric_key": metric.key, "unit": exposure.unit,
+                "variant": exposure.variant, **{c: 0 for c in COUNTERS}})
+            row[column] += event.value
+            if counter:
+                row[counter] += 1
+
+
+@contextmanager
+def _round_connection(db: Database) -> Iterator[sa.Connection]:
+    if db.is_sqlite:
+        with db.write_connection() as conn:
+            yield conn
+        return
+    with db.engine.connect() as lock:
+        # a session-level lock taken before the snapshot: two aggregators never overlap,
+        # and the second one's REPEATABLE READ view starts after the first committed
+        lock.execute(sa.text("SELECT pg_advisory_lock(7270417)"))
+        lock.commit()
+        try:
+            with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                with conn.begin():
+                    yield conn
+        finally:
+            lock.execute(sa.text("SELECT pg_advisory_unlock(7270417)"))
+            lock.commit()
+
+
+def _chunks(items: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _upsert(conn: sa.Connection, sqlite: bool, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if sqlite:
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    table = UnitMetricRecord.__table__
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.experiment_key, table.c.metric_key, table.c.unit],
+        set_={c: table.c[c] + statement.excluded[c] for c in COUNTERS})
+    for chunk in _chunks(rows, 2000):
+        conn.execute(statement, chunk)
+
+
+def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan], sqlite: bool) -> None:
+    """Recompute experiments whose metric definitions changed since their rows were built."""
+    state = AggregationStateRecord.__table__
+    known = dict(conn.execute(sa.select(state.c.experiment_key, state.c.signature)).all())
+    for plan in plans.values():
+        if known.get(plan.key) == plan.signature:
+            continue
+        conn.execute(sa.delete(UnitMetricRecord.__table__).where(
+            UnitMetricRecord.__table__.c.experiment_key == plan.key))
+        deltas = Deltas({plan.key: plan})
+        x, e = ExposureRecord.__table__, EventRecord.__table__
+        pairs = conn.execute(
+            sa.select(e.c.event, e.c.value, e.c.timestamp, x.c.experiment_key, x.c.unit,
+                      x.c.variant, x.c.assigned_at)
+            .join(x, x.c.unit == e.c.unit)
+            .where(x.c.experiment_key == plan.key, x.c.aggregated, e.c.aggregated,
+                   e.c.event.in_(deltas.event_names)))
+        for row in pairs:
+            deltas.pair(row, row)
+        _upsert(conn, sqlite, list(deltas.rows.values()))
+        conn.execute(sa.delete(state).where(state.c.experiment_key == plan.key))
+        conn.execute(sa.insert(state).values(experiment_key=plan.key, signature=plan.signature))
+
+
+def _by_unit(conn: sa.Connection, units: set[str], query: Any) -> dict[str, list[Any]]:
+    """Rows of `query(chunk_of_units)`, grouped by unit."""
+    grouped: dict[str, list[Any]] = {}
+    for chunk in _chunks(sorted(units)):
+        for row in conn.execute(query(chunk)):
+            grouped.setdefault(row.unit, []).append(row)
+    return grouped
+
+
+def run_round(db: Database, batch: int = 20_000) -> int:
+    """Fold up to `batch` new events and exposures in; return how many rows were taken."""
+    x, e = ExposureRecord.__table__, EventRecord.__table__
+    with _round_connection(db) as conn:
+        plans = _plans(conn)
+        _rebuild_stale(conn, plans, db.is_sqlite)
+        new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
+        new_e = conn.execute(sa.select(e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp)
+                             .where(sa.not_(e.c.aggregated)).order_by(e.c.id).limit(batch)).all()
+        if not new_x and not new_e:
+            return 0
+        deltas = Deltas(plans)
+        names = deltas.event_names
+        # new exposures x events already folded in (the unit's history so far)
+        tracked_x = [row for row in new_x if row.experiment_key in plans]
+        history = _by_unit(conn, {row.unit for row in tracked_x}, lambda chunk: sa.select(
+            e.c.unit, e.c.event, e.c.value, e.c.timestamp)
+            .where(e.c.aggregated, e.c.unit.in_(chunk), e.c.event.in_(names)))
+        for exposure in tracked_x:
+            for event in history.get(exposure.unit, ()):
+                deltas.pair(event, exposure)
+        # new events x every exposure of their unit
+        relevant = [row for row in new_e if row.event in names]
+        exposures = _by_unit(conn, {row.unit for row in relevant},
+                             lambda chunk: sa.select(x).where(x.c.unit.in_(chunk)))
+        for event in relevant:
+            for exposure in exposures.get(event.unit, ()):
+                deltas.pair(event, exposure)
+        _upsert(conn, db.is_sqlite, list(deltas.rows.values()))
+        for chunk in _chunks([row.id for row in new_e], 1000):
+            conn.execute(sa.update(e).where(e.c.id.in_(chunk)).values(aggregated=True))
+        if new_x:
+            conn.execute(sa.update(x).where(x.c.experiment_key == sa.bindparam("k"),
+                                            x.c.unit == sa.bindparam("u")).values(aggregated=True),
+                         [{"k": row.experiment_key, "u": row.unit} for row in new_x])
+        return len(new_x) + len(new_e)
+
+
+def catch_up(db: Database, batch: int = 20_000) -> int:
+    """Run rounds until the work queue is empty; return the rows processed."""
+    total = 0
+    while (done := run_round(db, batch)):
+        total += done
+    return total

@@ -1,0 +1,74 @@
+"""REST endpoints for events in (single and batch) and the live experiment monitor."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import abort
+
+from flagship.api import make_blueprint, requires, runtime
+from flagship.experiments import ingest
+
+blp = make_blueprint("events", "Events in, and the live experiment monitor")
+
+
+def _body() -> Any:
+    request.max_content_length = current_app.config["MAX_EVENT_BATCH_BYTES"]
+    body = request.get_json(silent=True)
+    if body is None:
+        abort(400, message="the body must be JSON (Content-Type: application/json)")
+    return body
+
+
+@blp.route("/experiments/events")
+class Event(MethodView):
+    @requires("sdk")
+    @blp.response(202)
+    def post(self) -> dict[str, Any]:
+        """Record one event: {event_id?, unit, event, value?, timestamp?, properties?}
+
+        `$exposure` events also carry `experiment` and `variant`; only the first exposure
+        of a unit counts. Answered once the event is committed.
+        """
+        body = _body()
+        if not isinstance(body, dict):
+            abort(422, message="an event must be a JSON object", errors={"json": {"_schema": ["object"]}})
+        result = ingest.ingest(runtime(), [body])
+        if result.rejected:
+            errors = result.rejected[0]["errors"]
+            field = next(iter(errors))
+            abort(422, message=f"invalid event: {field}: {errors[field][0]}", errors={"json": errors})
+        return result.to_dict()
+
+
+@blp.route("/experiments/events/batch")
+class EventBatch(MethodView):
+    @requires("sdk")
+    @blp.response(200)
+    def post(self) -> dict[str, Any]:
+        """Record up to 10,000 events: a list, or {"events": [...]}
+
+        Each item is validated on its own: the answer is `{accepted, duplicates,
+        rejected: [{index, errors}]}` and one bad item never sinks its neighbours.
+        """
+        body = _body()
+        items = body.get("events") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            abort(400, message="send a JSON list of events or {\"events\": [...]}")
+        limit = current_app.config["MAX_EVENT_BATCH"]
+        if len(items) > limit:
+            abort(413, message=f"{len(items)} events in one batch; the limit is {limit}")
+        return ingest.ingest(runtime(), items).to_dict()
+
+
+@blp.route("/experiments/<key>/monitor")
+class Monitor(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str) -> dict[str, Any]:
+        """Live: exposures per variant (total, per hour), event volume and means per metric,
+        the sample-ratio check, progress to the minimum sample size, data-quality counters"""
+        from flagship.experiments.monitor import monitor
+
+        return monitor(runtime(), key)

@@ -1,0 +1,144 @@
+"""Event ingestion: validate per item, store idempotently, commit before answering."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Optional
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+from flagship.experiments.events import EXPOSURE, Bounds, EventIn, parse_event
+from flagship.experiments.sticky import ExposureRecord
+from flagship.runtime import Runtime
+
+
+class EventRecord(SQLModel, table=True):
+    """A metric event (or an SDK-sent exposure), stored once per event_id."""
+
+    __tablename__ = "events"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    unit: str = Field(sa_column=Column(sa.String(256), nullable=False, index=True))
+    event: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
+    value: float
+    timestamp: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    received_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    properties: Optional[dict] = Field(default=None, sa_column=Column(JSON))
+    # the aggregator's work queue: rows not yet folded into per-unit aggregates
+    aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
+                                                             server_default=sa.false(), index=True))
+
+
+class EventCounterRecord(SQLModel, table=True):
+    """Data-quality counters per hour: accepted, duplicate, rejected, late."""
+
+    __tablename__ = "event_counters"
+    hour: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
+    kind: str = Field(sa_column=Column(sa.String(16), primary_key=True))
+    count: int = 0
+
+
+@dataclass
+class IngestResult:
+    """What happened to a request's events."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates,
+                "rejected": self.rejected}
+
+
+def bounds_from(config: dict[str, Any]) -> Bounds:
+    """Timestamp bounds from FLAGSHIP_EVENT_* settings."""
+    return Bounds(max_past=timedelta(days=config["EVENT_MAX_PAST_DAYS"]),
+                  max_future=timedelta(seconds=config["EVENT_MAX_FUTURE_SECONDS"]),
+                  late_after=timedelta(seconds=config["EVENT_LATE_SECONDS"]))
+
+
+def _insert(db_is_sqlite: bool, table: sa.Table) -> Any:
+    if db_is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table)
+
+
+def _check_exposure(event: EventIn, experiments: Any) -> dict[str, list[str]] | None:
+    spec = experiments.get(event.experiment)
+    if spec is None:
+        return {"experiment": [f"unknown experiment {event.experiment!r}"]}
+    if event.variant not in {v.variant for v in spec.variants}:
+        return {"variant": [f"{event.variant!r} is not a variant of {event.experiment!r}"]}
+    return None
+
+
+def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
+             experiments: Any) -> tuple[list[EventIn], list[dict[str, Any]], int]:
+    """Split items into valid events and rejections; repeated ids in one request are duplicates."""
+    valid: list[EventIn] = []
+    rejected: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    repeats = 0
+    for index, item in enumerate(items):
+        parsed = parse_event(item, now, bounds)
+        if isinstance(parsed, EventIn) and parsed.event == EXPOSURE:
+            parsed = _check_exposure(parsed, experiments) or parsed
+        if not isinstance(parsed, EventIn):
+            rejected.append({"index": index, "errors": parsed})
+        elif parsed.event_id in seen:
+            repeats += 1
+        else:
+            seen.add(parsed.event_id)
+            valid.append(parsed)
+    return valid, rejected, repeats
+
+
+def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> IngestResult:
+    """Store the valid events of `items`; return only after they are committed."""
+    now = now or runtime.clock()
+    bounds = bounds_from(runtime.config)
+    experiments = runtime.caches["evaluator"].snapshots.get().snapshot.experiments
+    valid, rejected, repeats = validate(items, now, bounds, experiments)
+    result = IngestResult(rejected=rejected, late=sum(e.is_late(now, bounds) for e in valid))
+    sqlite = runtime.db.is_sqlite
+    rows = [{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
+             "timestamp": e.timestamp, "properties": e.properties, "received_at": now}
+            for e in valid]
+
+    def write(conn: sa.Connection) -> int:
+        inserted: set[str] = set()
+        if rows:
+            table = EventRecord.__table__
+            statement = _insert(sqlite, table).on_conflict_do_nothing().returning(table.c.event_id)
+            inserted = {row[0] for row in conn.execute(statement, rows)}
+        exposures = [{"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
+                      "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp}
+                     for e in valid if e.event == EXPOSURE and e.event_id in inserted]
+        if exposures:  # only a unit's first exposure counts
+            conn.execute(_insert(sqlite, ExposureRecord.__table__).on_conflict_do_nothing(), exposures)
+        counts = {"accepted": len(inserted), "duplicate": len(valid) - len(inserted) + repeats,
+                  "rejected": len(rejected), "late": result.late}
+        _count(conn, sqlite, now, counts)
+        return len(inserted)
+
+    result.accepted = runtime.db.batched(write)
+    result.duplicates = len(valid) - result.accepted + repeats
+    return result
+
+
+def _count(conn: sa.Connection, sqlite: bool, now: datetime, counts: dict[str, int]) -> None:
+    table = EventCounterRecord.__table__
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    rows = [{"hour": hour, "kind": kind, "count": n} for kind, n in counts.items() if n]
+    if not rows:
+        return
+    statement = _insert(sqlite, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.hour, table.c.kind],
+        set_={"count": table.c.count + statement.excluded.count})
+    conn.execute(statement, rows)
