@@ -5,7 +5,7 @@ in one transaction with a consistent view (SQLite: the write lock; PostgreSQL:
 REPEATABLE READ behind an advisory lock), pairs
 
 - every new exposure with the unit's already-aggregated events, and
-- every new event with all of the unit's exposures,
+- every new event with the unit's exposures that are aggregated or new in this round,
 
 then marks both sets aggregated. Each (event, exposure) pair is therefore folded in
 exactly once, whichever of the two arrived first. An event counts for an experiment's
@@ -234,13 +234,16 @@ def run_round(db: Database, batch: int = 20_000) -> int:
         for exposure in tracked_x:
             for event in history.get(exposure.unit, ()):
                 deltas.pair(event, exposure)
-        # new events x every exposure of their unit
+        # new events x the unit's exposures that are folded in or being folded in now;
+        # an exposure left for a later round will meet this event there (in step 1)
         relevant = [row for row in new_e if row.event in names]
+        taken = {(row.experiment_key, row.unit) for row in new_x}
         exposures = _by_unit(conn, {row.unit for row in relevant},
                              lambda chunk: sa.select(x).where(x.c.unit.in_(chunk)))
         for event in relevant:
             for exposure in exposures.get(event.unit, ()):
-                deltas.pair(event, exposure)
+                if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
+                    deltas.pair(event, exposure)
         _upsert(conn, db.is_sqlite, list(deltas.rows.values()))
         for chunk in _chunks([row.id for row in new_e], 1000):
             conn.execute(sa.update(e).where(e.c.id.in_(chunk)).values(aggregated=True))
