@@ -39,6 +39,15 @@ def _init_services(runtime: Runtime) -> None:
     assignments = make_assignment_store(runtime.db, runtime.config["REDIS_URL"])
     # the lambda reads runtime.clock at call time, so tests can move the clock
     runtime.caches["evaluator"] = Evaluator(snapshots, assignments, lambda: runtime.clock())
+    if runtime.config.get("SERVER") and runtime.config["AGGREGATE_INTERVAL"] > 0:
+        # keeps per-unit aggregates fresh between monitor/results calls (which also catch up)
+        from flagship.background import Periodic
+        from flagship.experiments.aggregate import catch_up
+
+        ticker = Periodic("flagship-aggregate", runtime.config["AGGREGATE_INTERVAL"],
+                          lambda: catch_up(runtime.db))
+        ticker.start()
+        runtime.caches["aggregator"] = ticker
 
 
 def _init_http(app: Flask) -> None:
