@@ -31,8 +31,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(tmp: Path, port: int, admin_key: str) -> subprocess.Popen:
-    env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+def start_server(tmp: Path, port: int, admin_key: str, database_url: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
            "FLAGSHIP_PORT": str(port), "FLAGSHIP_ADMIN_KEY": admin_key}
     proc = subprocess.Popen([sys.executable, "-m", "flagship.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,7 +141,7 @@ def open_loop(port: int, headers: dict, rate: int, seconds: float, threads: int 
             elapsed = time.perf_counter() - scheduled
             with lock:
                 latencies.append(elapsed)
-                errors[0] += status != 200
+                errors[0] += not 200 <= status < 300
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     for t in pool:

@@ -36,6 +36,7 @@ class UnitMetricRecord(SQLModel, table=True):
     """One unit's accumulated values for one metric of one experiment."""
 
     __tablename__ = "unit_metrics"
+    __table_args__ = {"sqlite_with_rowid": False}
     experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
     metric_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
     unit: str = Field(sa_column=Column(sa.String(256), primary_key=True))
@@ -245,8 +246,11 @@ def run_round(db: Database, batch: int = 20_000) -> int:
                 if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
                     deltas.pair(event, exposure)
         _upsert(conn, db.is_sqlite, list(deltas.rows.values()))
-        for chunk in _chunks([row.id for row in new_e], 1000):
-            conn.execute(sa.update(e).where(e.c.id.in_(chunk)).values(aggregated=True))
+        if new_e:
+            # the rows taken are exactly the unaggregated ones up to the highest id taken
+            # (ORDER BY id LIMIT): rows committed later are not in this view, so untouched
+            conn.execute(sa.update(e).where(sa.not_(e.c.aggregated), e.c.id <= new_e[-1].id)
+                         .values(aggregated=True))
         if new_x:
             conn.execute(sa.update(x).where(x.c.experiment_key == sa.bindparam("k"),
                                             x.c.unit == sa.bindparam("u")).values(aggregated=True),

@@ -67,9 +67,14 @@ def _value_columns(metric: Metric, table: sa.Table) -> tuple[Any, Any]:
 
 
 def variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
-                  variants: list[str] | None = None) -> dict[str, VariantStats]:
-    """Per-variant sufficient statistics of `metric`, winsorized when the metric says so."""
-    counts = exposure_counts(conn, experiment)
+                  variants: list[str] | None = None,
+                  counts: dict[str, int] | None = None) -> dict[str, VariantStats]:
+    """Per-variant sufficient statistics of `metric`, winsorized when the metric says so.
+
+    Pass `counts` (from `exposure_counts`) when computing several metrics: counting
+    exposures is the costliest part and is the same for all of them.
+    """
+    counts = dict(exposure_counts(conn, experiment) if counts is None else counts)
     for name in variants or []:
         counts.setdefault(name, 0)
     if metric.winsorize_percentile:

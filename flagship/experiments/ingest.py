@@ -98,11 +98,18 @@ def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
     return valid, rejected, repeats
 
 
+def _experiments(runtime: Runtime, items: list[Any]) -> Any:
+    """Experiment specs, read only when the request carries exposures (they are checked)."""
+    if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
+        return {}
+    return runtime.caches["evaluator"].snapshots.get().snapshot.experiments
+
+
 def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> IngestResult:
     """Store the valid events of `items`; return only after they are committed."""
     now = now or runtime.clock()
     bounds = bounds_from(runtime.config)
-    experiments = runtime.caches["evaluator"].snapshots.get().snapshot.experiments
+    experiments = _experiments(runtime, items)
     valid, rejected, repeats = validate(items, now, bounds, experiments)
     result = IngestResult(rejected=rejected, late=sum(e.is_late(now, bounds) for e in valid))
     sqlite = runtime.db.is_sqlite

@@ -63,7 +63,7 @@ def monitor(runtime: Runtime, key: str) -> dict[str, Any]:
             if metric is None:
                 metric_rows.append({"metric": metric_key, "error": "metric not defined"})
                 continue
-            stats = analysis.variant_stats(conn, key, metric, names)
+            stats = analysis.variant_stats(conn, key, metric, names, counts)
             volume = _volume(conn, key, metric_key)
             metric_rows.append({"metric": metric_key, "kind": metric.kind, "events": volume,
                                 "variants": {v: {"units": s.n, "mean": _mean(metric, s)}

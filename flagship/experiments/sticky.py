@@ -20,6 +20,7 @@ class ExposureRecord(SQLModel, table=True):
     """First exposure of a unit to an experiment (and its sticky variant)."""
 
     __tablename__ = "exposures"
+    __table_args__ = {"sqlite_with_rowid": False}
     experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
     unit: str = Field(sa_column=Column(sa.String(256), primary_key=True, index=True))
     variant: str

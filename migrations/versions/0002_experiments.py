@@ -60,10 +60,14 @@ def upgrade() -> None:
     sa.Column('variant', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('layer_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('assigned_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('experiment_key', 'unit')
+    sa.Column('aggregated', sa.Boolean(), server_default=sa.false(), nullable=False),
+    sa.PrimaryKeyConstraint('experiment_key', 'unit'),
+    # clustered by experiment on SQLite: counting an experiment's units reads contiguous rows
+    sqlite_with_rowid=False,
     )
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_exposures_unit'), ['unit'], unique=False)
+        batch_op.create_index(batch_op.f('ix_exposures_aggregated'), ['aggregated'], unique=False)
 
     op.create_table('layers',
     sa.Column('id', sa.Integer(), nullable=False),

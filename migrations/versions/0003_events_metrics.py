@@ -78,19 +78,13 @@ def upgrade() -> None:
     sa.Column('pre_sum', sa.Float(), nullable=False),
     sa.Column('pre_count', sa.Integer(), nullable=False),
     sa.Column('pre_den_sum', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('experiment_key', 'metric_key', 'unit')
+    sa.PrimaryKeyConstraint('experiment_key', 'metric_key', 'unit'),
+    # clustered by (experiment, metric) on SQLite: sufficient statistics are one range scan
+    sqlite_with_rowid=False,
     )
-    with op.batch_alter_table('exposures', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('aggregated', sa.Boolean(), server_default=sa.false(), nullable=False))
-        batch_op.create_index(batch_op.f('ix_exposures_aggregated'), ['aggregated'], unique=False)
-
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('exposures', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_exposures_aggregated'))
-        batch_op.drop_column('aggregated')
-
     op.drop_table('unit_metrics')
     with op.batch_alter_table('metrics', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_metrics_event'))
