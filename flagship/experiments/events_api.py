@@ -72,3 +72,15 @@ class Monitor(MethodView):
         from flagship.experiments.monitor import monitor
 
         return monitor(runtime(), key)
+
+
+@blp.route("/experiments/<key>/results")
+class Results(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str) -> dict[str, Any]:
+        """SRM check, then per metric: variants, tests, CIs, lifts, adjusted and always-valid
+        p-values, power and sample still needed; guardrails; a decision"""
+        from flagship.experiments.results import results
+
+        return results(runtime(), key)
