@@ -214,7 +214,7 @@ def _by_unit(conn: sa.Connection, units: set[str], query: Any) -> dict[str, list
     return grouped
 
 
-def run_round(db: Database, batch: int = 20_000) -> int:
+def run_round(db: Database, batch: int = 5_000) -> int:
     """Fold up to `batch` new events and exposures in; return how many rows were taken."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
     with _round_connection(db) as conn:
@@ -258,7 +258,7 @@ def run_round(db: Database, batch: int = 20_000) -> int:
         return len(new_x) + len(new_e)
 
 
-def catch_up(db: Database, batch: int = 20_000) -> int:
+def catch_up(db: Database, batch: int = 5_000) -> int:
     """Run rounds until the work queue is empty; return the rows processed."""
     total = 0
     while (done := run_round(db, batch)):
