@@ -155,5 +155,14 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     run_gunicorn(settings)
 
 
+def _register_more_commands() -> None:
+    from flagship.cli_data import events, experiments
+
+    main.add_command(events)
+    main.add_command(experiments)
+
+
+_register_more_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -145,6 +145,11 @@ class Database:
         """Run a small write through the group-commit writer; returns after its commit."""
         return self._writer.submit(op)
 
+    def batched_merge(self, kind: str, payload: Any,
+                      apply: Callable[[sa.Connection, list[Any]], list[Any]]) -> Any:
+        """Like `batched`, but concurrent payloads of one kind share a single `apply` call."""
+        return self._writer.submit_merged(kind, payload, apply)
+
     def read_snapshot_revision(self) -> int:
         """The current store revision (cheap: one primary-key read)."""
         with self.engine.connect() as conn:

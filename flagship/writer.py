@@ -18,6 +18,16 @@ import sqlalchemy as sa
 
 T = TypeVar("T")
 Op = Callable[[sa.Connection], Any]
+Apply = Callable[[sa.Connection, list[Any]], list[Any]]
+
+
+class _Merged:
+    """A queued payload whose neighbours of the same kind are written in one statement."""
+
+    __slots__ = ("kind", "payload", "apply")
+
+    def __init__(self, kind: str, payload: Any, apply: Apply) -> None:
+        self.kind, self.payload, self.apply = kind, payload, apply
 
 
 class BatchWriter:
@@ -32,6 +42,15 @@ class BatchWriter:
 
     def submit(self, op: Callable[[sa.Connection], T], timeout: float = 60.0) -> T:
         """Run `op(conn)` inside a shared write transaction; return once it has committed."""
+        return self._enqueue(op, timeout)
+
+    def submit_merged(self, kind: str, payload: Any, apply: Apply, timeout: float = 60.0) -> Any:
+        """Queue `payload`; queued payloads of the same `kind` go to one `apply(conn, payloads)`
+        call, which returns one result per payload (e.g. one INSERT for many requests).
+        If the merged call fails, each payload is retried alone so only the bad one fails."""
+        return self._enqueue(_Merged(kind, payload, apply), timeout)
+
+    def _enqueue(self, op: Any, timeout: float) -> Any:
         future: Future = Future()
         self._ensure_thread()
         self._queue.put((op, future))
@@ -56,20 +75,18 @@ class BatchWriter:
                     break
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Op, Future]]) -> None:
+    def _commit(self, batch: list[tuple[Any, Future]]) -> None:
         outcomes: list[tuple[Future, bool, Any]] = []
         try:
             with self._begin() as conn:
+                merged: dict[str, list[tuple[_Merged, Future]]] = {}
                 for op, future in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = op(conn)
-                    except Exception as exc:  # noqa: BLE001 - reported to its own caller only
-                        savepoint.rollback()
-                        outcomes.append((future, False, exc))
+                    if isinstance(op, _Merged):
+                        merged.setdefault(op.kind, []).append((op, future))
                     else:
-                        savepoint.commit()
-                        outcomes.append((future, True, value))
+                        outcomes.append(self._apply_one(conn, op, future))
+                for group in merged.values():
+                    outcomes += self._run_merged(conn, group)
         except Exception as exc:  # noqa: BLE001 - the commit itself failed: nobody's write landed
             for _, future in batch:
                 future.set_exception(exc)
@@ -79,3 +96,27 @@ class BatchWriter:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    @staticmethod
+    def _apply_one(conn: sa.Connection, op: Op, future: Future) -> tuple[Future, bool, Any]:
+        savepoint = conn.begin_nested()
+        try:
+            value = op(conn)
+        except Exception as exc:  # noqa: BLE001 - reported to its own caller only
+            savepoint.rollback()
+            return future, False, exc
+        savepoint.commit()
+        return future, True, value
+
+    def _run_merged(self, conn: sa.Connection,
+                    group: list[tuple[_Merged, Future]]) -> list[tuple[Future, bool, Any]]:
+        apply = group[0][0].apply
+        savepoint = conn.begin_nested()
+        try:
+            values = apply(conn, [op.payload for op, _ in group])
+        except Exception:  # noqa: BLE001 - fall back to one payload at a time
+            savepoint.rollback()
+            return [self._apply_one(conn, lambda c, p=op.payload: apply(c, [p])[0], future)
+                    for op, future in group]
+        savepoint.commit()
+        return [(future, True, value) for (_, future), value in zip(group, values)]

@@ -17,6 +17,8 @@ class EventRecord(SQLModel, table=True):
     """A metric event (or an SDK-sent exposure), stored once per event_id."""
 
     __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_pending", "id", sqlite_where=sa.text("NOT aggregated"),
+                               postgresql_where=sa.text("NOT aggregated")),)
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
     unit: str = Field(sa_column=Column(sa.String(256), nullable=False, index=True))
@@ -27,7 +29,7 @@ class EventRecord(SQLModel, table=True):
     properties: Optional[dict] = Field(default=None, sa_column=Column(JSON))
     # the aggregator's work queue: rows not yet folded into per-unit aggregates
     aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
-                                                             server_default=sa.false(), index=True))
+                                                             server_default=sa.false()))
 
 
 class EventCounterRecord(SQLModel, table=True):
@@ -112,36 +114,66 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> I
     experiments = _experiments(runtime, items)
     valid, rejected, repeats = validate(items, now, bounds, experiments)
     result = IngestResult(rejected=rejected, late=sum(e.is_late(now, bounds) for e in valid))
+    batch = _Batch(
+        rows=[{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
+               "timestamp": e.timestamp, "properties": e.properties, "received_at": now}
+              for e in valid],
+        exposures={e.event_id: {"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
+                                "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp}
+                   for e in valid if e.event == EXPOSURE},
+        counts={"duplicate": repeats, "rejected": len(rejected), "late": result.late}, now=now)
     sqlite = runtime.db.is_sqlite
-    rows = [{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
-             "timestamp": e.timestamp, "properties": e.properties, "received_at": now}
-            for e in valid]
-
-    def write(conn: sa.Connection) -> int:
-        inserted: set[str] = set()
-        if rows:
-            table = EventRecord.__table__
-            statement = _insert(sqlite, table).on_conflict_do_nothing().returning(table.c.event_id)
-            inserted = {row[0] for row in conn.execute(statement, rows)}
-        exposures = [{"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
-                      "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp}
-                     for e in valid if e.event == EXPOSURE and e.event_id in inserted]
-        if exposures:  # only a unit's first exposure counts
-            conn.execute(_insert(sqlite, ExposureRecord.__table__).on_conflict_do_nothing(), exposures)
-        counts = {"accepted": len(inserted), "duplicate": len(valid) - len(inserted) + repeats,
-                  "rejected": len(rejected), "late": result.late}
-        _count(conn, sqlite, now, counts)
-        return len(inserted)
-
-    result.accepted = runtime.db.batched(write)
+    # concurrent requests' events are written by one INSERT in one transaction
+    result.accepted = runtime.db.batched_merge(
+        "events", batch, lambda conn, batches: _write(conn, sqlite, batches))
     result.duplicates = len(valid) - result.accepted + repeats
     return result
 
 
-def _count(conn: sa.Connection, sqlite: bool, now: datetime, counts: dict[str, int]) -> None:
+@dataclass
+class _Batch:
+    """One request's events on their way to the writer."""
+
+    rows: list[dict[str, Any]]
+    exposures: dict[str, dict[str, Any]]
+    counts: dict[str, int]
+    now: datetime
+
+
+def _write(conn: sa.Connection, sqlite: bool, batches: list[_Batch]) -> list[int]:
+    """Insert every batch's events at once; return how many each batch had inserted.
+
+    An event_id listed by two concurrent requests is inserted once and credited to the
+    first of them; the other sees a duplicate.
+    """
+    rows = [row for batch in batches for row in batch.rows]
+    inserted: set[str] = set()
+    if rows:
+        table = EventRecord.__table__
+        statement = _insert(sqlite, table).on_conflict_do_nothing().returning(table.c.event_id)
+        inserted = {row[0] for row in conn.execute(statement, rows)}
+    credited, exposures = [], []
+    for batch in batches:
+        mine = [row["event_id"] for row in batch.rows if row["event_id"] in inserted]
+        inserted.difference_update(mine)
+        credited.append(len(mine))
+        exposures += [batch.exposures[i] for i in mine if i in batch.exposures]
+        batch.counts.update(accepted=len(mine))
+        batch.counts["duplicate"] += len(batch.rows) - len(mine)
+    if exposures:  # only a unit's first exposure counts
+        conn.execute(_insert(sqlite, ExposureRecord.__table__).on_conflict_do_nothing(), exposures)
+    totals: dict[tuple[datetime, str], int] = {}
+    for batch in batches:
+        hour = batch.now.replace(minute=0, second=0, microsecond=0)
+        for kind, n in batch.counts.items():
+            totals[(hour, kind)] = totals.get((hour, kind), 0) + n
+    _count(conn, sqlite, totals)
+    return credited
+
+
+def _count(conn: sa.Connection, sqlite: bool, totals: dict[tuple[datetime, str], int]) -> None:
     table = EventCounterRecord.__table__
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    rows = [{"hour": hour, "kind": kind, "count": n} for kind, n in counts.items() if n]
+    rows = [{"hour": hour, "kind": kind, "count": n} for (hour, kind), n in totals.items() if n]
     if not rows:
         return
     statement = _insert(sqlite, table)

@@ -20,7 +20,10 @@ class ExposureRecord(SQLModel, table=True):
     """First exposure of a unit to an experiment (and its sticky variant)."""
 
     __tablename__ = "exposures"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = (sa.Index("ix_exposures_pending", "experiment_key", "unit",
+                               sqlite_where=sa.text("NOT aggregated"),
+                               postgresql_where=sa.text("NOT aggregated")),
+                      {"sqlite_with_rowid": False})
     experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
     unit: str = Field(sa_column=Column(sa.String(256), primary_key=True, index=True))
     variant: str
@@ -28,7 +31,7 @@ class ExposureRecord(SQLModel, table=True):
     assigned_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
     # the aggregator's work queue: exposures whose earlier events are not yet attributed
     aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
-                                                             server_default=sa.false(), index=True))
+                                                             server_default=sa.false()))
 
 
 def _utc(value: datetime) -> datetime:

@@ -67,7 +67,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('exposures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_exposures_unit'), ['unit'], unique=False)
-        batch_op.create_index(batch_op.f('ix_exposures_aggregated'), ['aggregated'], unique=False)
+        batch_op.create_index('ix_exposures_pending', ['experiment_key', 'unit'], unique=False,
+                              sqlite_where=sa.text('NOT aggregated'),
+                              postgresql_where=sa.text('NOT aggregated'))
 
     op.create_table('layers',
     sa.Column('id', sa.Integer(), nullable=False),

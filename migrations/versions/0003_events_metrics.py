@@ -41,7 +41,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('event_id')
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_events_aggregated'), ['aggregated'], unique=False)
+        # the aggregator's queue: a partial index holds only the rows still to fold in
+        batch_op.create_index('ix_events_pending', ['id'], unique=False,
+                              sqlite_where=sa.text('NOT aggregated'),
+                              postgresql_where=sa.text('NOT aggregated'))
         batch_op.create_index(batch_op.f('ix_events_event'), ['event'], unique=False)
         batch_op.create_index(batch_op.f('ix_events_unit'), ['unit'], unique=False)
 
@@ -93,7 +96,7 @@ def downgrade() -> None:
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_unit'))
         batch_op.drop_index(batch_op.f('ix_events_event'))
-        batch_op.drop_index(batch_op.f('ix_events_aggregated'))
+        batch_op.drop_index('ix_events_pending')
 
     op.drop_table('events')
     op.drop_table('event_counters')

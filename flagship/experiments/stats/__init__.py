@@ -27,6 +27,7 @@ from flagship.experiments.stats.sequential import (
     AlwaysValidSeries, MsprtResult, always_valid_p_values, always_valid_series, default_tau2,
     msprt_test,
 )
+from flagship.experiments.stats.simulate import MethodResult, simulate_aa
 from flagship.experiments.stats.spending import spending_function
 from flagship.experiments.stats.summary import SufficientStats
 from flagship.experiments.stats.variance import CupedResult, CupedVariant, cuped_adjust, winsorize
@@ -42,3 +43,4 @@ __all__ = [
     "msprt_test", "power", "proportion_effect_size", "proportions_z_test", "ratio_metric_stats",
     "ratio_test", "sample_size", "spending_function", "srm_test", "welch_t_test", "winsorize",
 ]
+__all__ += ["MethodResult", "simulate_aa"]
