@@ -39,7 +39,8 @@ def aa_test(simulations: int, looks: int, n: int, alpha: float, metric: str, bas
     from flagship.experiments.stats.simulate import simulate_aa
 
     try:
-        results = simulate_aa(simulations, looks, n, alpha, metric, baseline, seed=seed)  # type: ignore[arg-type]
+        results = simulate_aa(simulations, looks, n, alpha, metric,  # type: ignore[arg-type]
+                              baseline, seed=seed)
     except ValidationError as exc:
         raise click.BadParameter(exc.errors[exc.field][0] if exc.field else exc.message,
                                  param_hint=f"--{exc.field}" if exc.field else None) from None
@@ -56,8 +57,9 @@ def _table(settings: dict[str, Any], results: Any) -> str:
     rows = [COLUMNS] + [(r.description, f"{r.false_positive_rate:.4f}", f"{r.standard_error:.4f}",
                          "yes" if r.within_alpha else "no") for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = [f"A/A simulation: {settings['simulations']:,} experiments x {settings['looks']} looks, "
-             f"{settings['n']:,} units per arm at the last look, {settings['metric']} baseline "
-             f"{settings['baseline']:g}, alpha {settings['alpha']:g}, seed {settings['seed']}", ""]
+    lines = [f"A/A simulation: {settings['simulations']:,} experiments x {settings['looks']} "
+             f"looks, {settings['n']:,} units per arm at the last look, {settings['metric']} "
+             f"baseline {settings['baseline']:g}, alpha {settings['alpha']:g}, "
+             f"seed {settings['seed']}", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)

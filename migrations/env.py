@@ -12,6 +12,7 @@ import flagship.experiments.aggregate  # noqa: F401
 import flagship.experiments.ingest  # noqa: F401
 import flagship.experiments.metrics  # noqa: F401
 import flagship.experiments.store  # noqa: F401
+import flagship.experiments.sums  # noqa: F401
 import flagship.flags.store  # noqa: F401
 
 config = context.config

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlmodel import Column, Field, SQLModel
 
 from flagship.db import Database
+from flagship.experiments import sums
 from flagship.experiments.ingest import EventRecord
 from flagship.experiments.metrics import Metric, metrics_by_key
 from flagship.experiments.sticky import ExposureRecord
@@ -165,9 +166,29 @@ def _chunks(items: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
         yield items[start:start + size]
 
 
-def _upsert(conn: sa.Connection, sqlite: bool, rows: list[dict[str, Any]]) -> None:
+def _old_rows(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The current unit rows the increments will change."""
+    table = UnitMetricRecord.__table__
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        wanted.setdefault((row["experiment_key"], row["metric_key"]), []).append(row["unit"])
+    old = {}
+    for (experiment, metric), units in wanted.items():
+        for chunk in _chunks(units):
+            for row in conn.execute(sa.select(table).where(
+                    table.c.experiment_key == experiment, table.c.metric_key == metric,
+                    table.c.unit.in_(chunk))).mappings():
+                old[(experiment, metric, row["unit"])] = dict(row)
+    return old
+
+
+def _upsert(conn: sa.Connection, sqlite: bool, rows: list[dict[str, Any]],
+            plans: dict[str, Plan]) -> None:
+    """Add increments to unit rows, and their effect to the variant sums."""
     if not rows:
         return
+    kinds = {(p.key, m.key): m.kind for p in plans.values() for m in p.metrics}
+    sums.add(conn, sqlite, sums.changes(kinds, _old_rows(conn, rows), rows, COUNTERS))
     if sqlite:
         from sqlalchemy.dialects.sqlite import insert
     else:
@@ -190,6 +211,7 @@ def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan], sqlite: bool) ->
             continue
         conn.execute(sa.delete(UnitMetricRecord.__table__).where(
             UnitMetricRecord.__table__.c.experiment_key == plan.key))
+        sums.reset(conn, plan.key)
         deltas = Deltas({plan.key: plan})
         x, e = ExposureRecord.__table__, EventRecord.__table__
         pairs = conn.execute(
@@ -200,7 +222,7 @@ def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan], sqlite: bool) ->
                    e.c.event.in_(deltas.event_names)))
         for row in pairs:
             deltas.pair(row, row)
-        _upsert(conn, sqlite, list(deltas.rows.values()))
+        _upsert(conn, sqlite, list(deltas.rows.values()), plans)
         conn.execute(sa.delete(state).where(state.c.experiment_key == plan.key))
         conn.execute(sa.insert(state).values(experiment_key=plan.key, signature=plan.signature))
 
@@ -245,7 +267,7 @@ def run_round(db: Database, batch: int = 5_000) -> int:
             for exposure in exposures.get(event.unit, ()):
                 if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
                     deltas.pair(event, exposure)
-        _upsert(conn, db.is_sqlite, list(deltas.rows.values()))
+        _upsert(conn, db.is_sqlite, list(deltas.rows.values()), plans)
         if new_e:
             # the rows taken are exactly the unaggregated ones up to the highest id taken
             # (ORDER BY id LIMIT): rows committed later are not in this view, so untouched

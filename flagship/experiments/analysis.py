@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from flagship.experiments import sums
 from flagship.experiments.aggregate import UnitMetricRecord
 from flagship.experiments.metrics import Metric
 from flagship.experiments.sticky import ExposureRecord
@@ -79,6 +80,15 @@ def variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
         counts.setdefault(name, 0)
     if metric.winsorize_percentile:
         return _winsorized(conn, experiment, metric, counts)
+    # maintained incrementally by the aggregator: O(variants) rows, whatever the units
+    kept = sums.read(conn, experiment, metric.key)
+    return {variant: VariantStats(variant, n, *kept.get(variant, sums.ZERO))
+            for variant, n in sorted(counts.items())}
+
+
+def scan_variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
+                       counts: dict[str, int]) -> dict[str, VariantStats]:
+    """The same sums computed by scanning the unit rows (the reference the sums must equal)."""
     t = UnitMetricRecord.__table__
     y, x = _value_columns(metric, t)
     den = t.c.den_sum
@@ -87,8 +97,8 @@ def variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
         sa.func.sum(x * y), sa.func.sum(den), sa.func.sum(den * den), sa.func.sum(y * den))
         .where(t.c.experiment_key == experiment, t.c.metric_key == metric.key)
         .group_by(t.c.variant)).all()
-    sums = {row[0]: [float(v or 0.0) for v in row[1:]] for row in rows}
-    return {variant: VariantStats(variant, n, *sums.get(variant, [0.0] * 8))
+    found = {row[0]: [float(v or 0.0) for v in row[1:]] for row in rows}
+    return {variant: VariantStats(variant, n, *found.get(variant, [0.0] * 8))
             for variant, n in sorted(counts.items())}
 
 

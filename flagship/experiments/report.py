@@ -143,19 +143,15 @@ def decision_text(decision: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline CSS and SVG, no scripts, no external assets)."""
-    rows = comparison_rows(report)
-    by_metric: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_metric.setdefault(row["metric"], []).append(row)
     return _environment().get_template("reports/experiment.html").render(
-        report=report, setup=report["setup"], res=report["results"], rows_by_metric=by_metric,
+        report=report, setup=report["setup"], res=report["results"],
         decision_text=decision_text(report["results"]["decision"]),
         forest_plot=Markup(forest_plot_svg(report)))
 
 
 # -- forest plot --------------------------------------------------------------------------
 
-WIDTH, LABEL_W, VALUE_W, ROW_H, TOP, BOTTOM = 780, 210, 210, 30, 58, 46
+WIDTH, LABEL_W, VALUE_W, ROW_H, BOTTOM = 780, 210, 210, 30, 46
 PLOT_X0, PLOT_X1 = LABEL_W + 12, WIDTH - VALUE_W - 12
 GOOD, BAD, NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 FONT = "system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif"
@@ -194,9 +190,9 @@ def _domain(rows: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 def _ticks(lo: float, hi: float) -> list[float]:
-    raw = (hi - lo) / 5
+    raw = (hi - lo) / 6
     step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 5, 10) if step * m >= raw)
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if step * m >= raw)
     first = math.ceil(lo / step)
     return [i * step for i in range(first, int(math.floor(hi / step)) + 1)]
 
@@ -240,7 +236,9 @@ def _absolute_scale(r: dict[str, Any], zero: float) -> Any:
 def forest_plot_svg(report: dict[str, Any]) -> str:
     """Inline SVG: per metric x treatment the relative lift and its CI against a zero line."""
     rows = [_plot_row(r) for r in comparison_rows(report)]
-    height = TOP + max(len(rows), 1) * ROW_H + BOTTOM
+    absolute = any(r["scale"] == "absolute" for r in rows)
+    top = 58 if absolute else 40  # room for the second legend line
+    height = top + max(len(rows), 1) * ROW_H + BOTTOM
     lo, hi = _domain(rows)
 
     def to_x(v: float) -> float:
@@ -252,9 +250,9 @@ def forest_plot_svg(report: dict[str, Any]) -> str:
              '<title id="forest-title">Forest plot: estimated effect of each treatment with its '
              'confidence interval; intervals crossing zero are not conclusive</title>',
              f'<rect width="{WIDTH}" height="{height}" fill="#fff"/>']
-    parts += _legend()
+    parts += _legend(absolute)
     for i, r in enumerate(rows):
-        y = TOP + i * ROW_H + ROW_H / 2
+        y = top + i * ROW_H + ROW_H / 2
         if i % 2 == 0:
             parts.append(f'<rect x="0" y="{y - ROW_H / 2:.1f}" width="{WIDTH}" height="{ROW_H}" fill="#f6f8fa"/>')
         label = r["label"] if len(r["label"]) <= 32 else r["label"][:31] + "…"
@@ -266,32 +264,34 @@ def forest_plot_svg(report: dict[str, Any]) -> str:
         parts.append(_t(PLOT_X1 + 12, y + 4, r["text"], fill=r["colour"],
                         font_weight="bold" if r["significant"] else "normal"))
     if not rows:
-        parts.append(_t(WIDTH / 2, TOP + ROW_H / 2 + 4, "no comparisons to plot yet",
+        parts.append(_t(WIDTH / 2, top + ROW_H / 2 + 4, "no comparisons to plot yet",
                         text_anchor="middle", fill=NEUTRAL))
     level = 1 - report["results"]["significance_level"]
-    parts += _axis(rows, (lo, hi), to_x, height, f"relative lift vs control ({level:.0%} CI)")
+    parts += _axis(rows, (lo, hi), to_x, (top, height), f"relative lift vs control ({level * 100:g}% CI)")
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def _legend() -> list[str]:
+def _legend(absolute: bool) -> list[str]:
     items = [(GOOD, "significant improvement"), (BAD, "significantly worse"), (NEUTRAL, "not significant")]
     out, x = [], 12.0
     for colour, text in items:
         out.append(f'<circle cx="{x + 5:.1f}" cy="16" r="5" fill="{colour}"/>')
         out.append(_t(x + 15, 20, text, fill="#24292f"))
         x += 30 + len(text) * 6.4
+    if not absolute:
+        return out
     out.append(f'<path d="M17,30 l6,6 l-6,6 l-6,-6 z" fill="#fff" stroke="{NEUTRAL}" stroke-width="2"/>')
     out.append(_t(27, 40, "dashed, diamond: absolute difference on its own scale (relative lift not "
                           "estimable); only its side of zero is comparable", fill="#24292f"))
     return out
 
 
-def _axis(rows: list[dict[str, Any]], domain: tuple[float, float], to_x: Any, height: int,
-          title: str) -> list[str]:
-    bottom, zero = height - BOTTOM, to_x(0.0)
+def _axis(rows: list[dict[str, Any]], domain: tuple[float, float], to_x: Any,
+          frame: tuple[float, float], title: str) -> list[str]:
+    top, bottom, zero = frame[0], frame[1] - BOTTOM, to_x(0.0)
     out = [f'<line x1="{PLOT_X0}" y1="{bottom}" x2="{PLOT_X1}" y2="{bottom}" stroke="#8c959f"/>',
-           f'<line x1="{zero:.1f}" y1="{TOP - 6}" x2="{zero:.1f}" y2="{bottom}" stroke="#24292f" stroke-width="1.5"/>']
+           f'<line x1="{zero:.1f}" y1="{top - 6}" x2="{zero:.1f}" y2="{bottom}" stroke="#24292f" stroke-width="1.5"/>']
     ticks = _ticks(*domain) if any(r["scale"] == "relative" for r in rows) else [0.0]
     decimals = 0 if all(abs(t * 100 - round(t * 100)) < 1e-9 for t in ticks) else 1
     for t in ticks:

@@ -28,6 +28,9 @@ METRIC_TYPES = ("conversion", "mean")
 MDE_TYPES = ("absolute", "relative")
 MDE_POWER = 0.8  # the power at which /stats/power reports the minimum detectable effect
 OPEN_UNIT = validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False)
+# Levels this small are not a design anyone runs, and below ~1e-300 the normal quantiles
+# the engine inverts overflow.
+LEVEL = validate.Range(min=1e-12, max=1, max_inclusive=False)
 # Engine argument -> the request field that sets it.
 ENGINE_FIELDS = {"n_control": "n_per_variant", "k": "variants", "target": "mde"}
 
@@ -50,13 +53,14 @@ class DesignSchema(ma.Schema):
                              metadata={"description": "absolute (default) or relative"})
     effect_size = fields.Float(metadata={
         "description": "Cohen's d (difference / standard deviation), instead of std and mde"})
-    alpha = fields.Float(load_default=0.05, validate=OPEN_UNIT,
+    alpha = fields.Float(load_default=0.05, validate=LEVEL,
                          metadata={"description": "overall significance level"})
     ratio = fields.Float(load_default=1.0, validate=validate.Range(min=0.001, max=1000),
                          metadata={"description": "units in each treatment per control unit"})
-    variants = fields.Integer(load_default=2, strict=True, validate=validate.Range(min=2, max=100), metadata={
-        "description": "arms including the control; each treatment is tested against the "
-                       "control at alpha / (variants - 1) (Bonferroni)"})
+    variants = fields.Integer(load_default=2, strict=True, validate=validate.Range(min=2, max=100),
+                              metadata={"description": "arms including the control; each "
+                                        "treatment is tested against the control at "
+                                        "alpha / (variants - 1) (Bonferroni)"})
     alternative = fields.String(load_default="two-sided", validate=validate.OneOf(ALTERNATIVES))
     test = fields.String(load_default="z", validate=validate.OneOf(("z", "t")),
                          metadata={"description": "normal or t approximation (t: means only)"})
@@ -67,7 +71,8 @@ class SampleSizeBodySchema(DesignSchema):
 
 
 class PowerBodySchema(DesignSchema):
-    n_per_variant = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10 ** 12),
+    n_per_variant = fields.Integer(required=True, strict=True,
+                                   validate=validate.Range(min=1, max=10 ** 12),
                                    metadata={"description": "units in the control arm"})
 
 
@@ -180,7 +185,8 @@ def _mean(body: dict[str, Any]) -> Design:
     if mde_type == "absolute":
         absolute = mde
     elif mean is None or mean == 0:
-        raise ValidationError("a relative mde needs a non-zero baseline_mean", field="baseline_mean")
+        raise ValidationError("a relative mde needs a non-zero baseline_mean",
+                              field="baseline_mean")
     else:
         absolute = mean * mde
     d = absolute / std
@@ -213,9 +219,15 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
             "alternative": body["alternative"], "test": body["test"]}
 
 
-def _effect(design: Design, effect_size: float) -> dict[str, Any]:
-    return {"effect_size": effect_size, "absolute": design.absolute,
-            "relative": design.relative, "baseline": design.baseline, "target": design.target}
+def _finite(values: dict[str, float | None]) -> dict[str, float | None]:
+    """None for what overflowed (a relative lift on a baseline of 1e-320): JSON has no inf."""
+    return {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
+
+
+def _effect(design: Design, effect_size: float) -> dict[str, float | None]:
+    return _finite({"effect_size": effect_size, "absolute": design.absolute,
+                    "relative": design.relative, "baseline": design.baseline,
+                    "target": design.target})
 
 
 def _common(body: dict[str, Any], design: Design, effect_size: float, a: float) -> dict[str, Any]:
@@ -260,7 +272,7 @@ def power_plan(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _mde(design: Design, n: int, body: dict[str, Any]) -> dict[str, Any] | None:
+def _mde(design: Design, n: int, body: dict[str, Any]) -> dict[str, float | None] | None:
     """The effect detectable with MDE_POWER at this size, on the design's scale."""
     try:
         m = stats.minimum_detectable_effect(n, baseline=design.baseline if design.metric_type
@@ -269,14 +281,13 @@ def _mde(design: Design, n: int, body: dict[str, Any]) -> dict[str, Any] | None:
     except ValidationError:
         return None  # e.g. no rate up to 100 % is detectable, or alpha >= the power
     if design.metric_type == "conversion":
-        return {"effect_size": m.effect_size, "absolute": m.absolute, "relative": m.relative,
-                "baseline": design.baseline, "target": m.target}
-    mean = design.baseline
-    absolute = m.absolute
-    return {"effect_size": m.effect_size, "absolute": absolute,
-            "relative": absolute / mean if absolute is not None and mean else None,
-            "baseline": mean,
-            "target": mean + absolute if absolute is not None and mean is not None else None}
+        return _finite({"effect_size": m.effect_size, "absolute": m.absolute,
+                        "relative": m.relative, "baseline": design.baseline, "target": m.target})
+    mean, absolute = design.baseline, m.absolute
+    return _finite({"effect_size": m.effect_size, "absolute": absolute,
+                    "relative": absolute / mean if absolute is not None and mean else None,
+                    "baseline": mean,
+                    "target": None if absolute is None or mean is None else mean + absolute})
 
 
 def _whole(x: float) -> float | int:

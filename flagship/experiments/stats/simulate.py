@@ -148,7 +148,7 @@ def _check(simulations: int, looks: int, n: int, alpha: float, metric: str, base
         raise ValidationError("must be a positive standard deviation", field="std")
 
 
-def _rejections(tests: LookTests, alpha: float, tau2: float,
+def rejections(tests: LookTests, alpha: float, tau2: float,
                 bounds: np.ndarray) -> dict[str, int]:
     """How many simulated experiments each method declares significant."""
     # A look with no variance at all (every unit 0, say) carries no evidence: p = 1.
@@ -183,7 +183,7 @@ def simulate_aa(simulations: int = 2000, looks: int = 20, n: int = 2000, alpha: 
     for start in range(0, simulations, chunk):
         size = min(chunk, simulations - start)
         tests = look_tests(simulate_looks(size, looks, n, metric, baseline, std, rng), metric)
-        for method, hits in _rejections(tests, alpha, tau2, bounds).items():
+        for method, hits in rejections(tests, alpha, tau2, bounds).items():
             counts[method] += hits
     return tuple(_result(method, counts[method], simulations, alpha) for method in METHODS)
 

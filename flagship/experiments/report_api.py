@@ -1,0 +1,54 @@
+"""REST endpoint of the experiment report: an HTML page, JSON or CSV."""
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, request
+from flask.views import MethodView
+
+from flagship.api import make_blueprint, requires, runtime
+from flagship.experiments import report
+
+blp = make_blueprint("reports", "Experiment reports")
+
+MEDIA_TYPES = {"html": "text/html", "json": "application/json", "csv": "text/csv"}
+
+
+class ReportArgs(ma.Schema):
+    format = ma.fields.String(load_default=None, validate=ma.validate.OneOf(list(MEDIA_TYPES)),
+                              metadata={"description": "html (default), json or csv; without it "
+                                                       "the Accept header chooses"})
+
+
+def _negotiated() -> str:
+    """The format the Accept header prefers; html when it names none of ours."""
+    media = request.accept_mimetypes.best_match(list(MEDIA_TYPES.values()), default="text/html")
+    return next(name for name, value in MEDIA_TYPES.items() if value == media)
+
+
+@blp.route("/experiments/<key>/report")
+class Report(MethodView):
+    @requires("admin")
+    @blp.arguments(ReportArgs, location="query", as_kwargs=True)
+    @blp.response(200)
+    @blp.doc(responses={"200": {"content": {
+        "text/html": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}}}}})
+    def get(self, key: str, format: str | None = None) -> Any:  # noqa: A002 (the query name)
+        """The experiment report: hypothesis, setup, SRM, forest plot, metrics and decision
+
+        `?format=html` (default) is a self-contained page for people; `json` is the
+        setup, the full results and `generated_at`; `csv` has one row per metric x
+        treatment. Without `format`, the `Accept` header chooses.
+        """
+        chosen = format or _negotiated()
+        built = report.build_report(runtime(), key)
+        vary = {"Vary": "Accept"}
+        if chosen == "json":
+            return built, 200, vary
+        if chosen == "csv":
+            disposition = f'attachment; filename="{key}-report.csv"'  # keys are [A-Za-z0-9_.-]
+            return Response(report.render_csv(built), mimetype="text/csv",
+                            headers={**vary, "Content-Disposition": disposition})
+        return Response(report.render_html(built), mimetype="text/html", headers=vary)
