@@ -119,3 +119,23 @@ def test_results_without_data_do_not_fail(experiment, client, admin):
     assert all("error" in c for m in body["metrics"] for c in m["comparisons"])
     assert client.get(V + "/experiments/nope/results", headers=admin).status_code == 404
 
+
+
+def test_metric_series_is_cumulative_and_ends_at_the_results(experiment, client, admin):
+    truth = simulate(experiment, per_variant=300)
+    experiment.clock = lambda: T0 + timedelta(days=3, hours=5)
+    body = client.get(V + "/experiments/exp/metrics/revenue", headers=admin).json
+    assert body["metric"] == "revenue" and body["srm"]["checked"]
+    series = body["series"]
+    assert len(series) == 4 and series[-1]["at"].startswith("2026-11-23T17:00")
+    units = [sum(look["variants"][v]["units"] for v in "abc") for look in series]
+    assert units == sorted(units) and units[-1] == len(truth)
+    final = {c["variant"]: c for c in series[-1]["comparisons"]}
+    for comparison in body["comparisons"]:
+        assert final[comparison["variant"]]["p_value"] == pytest.approx(comparison["p_value"], rel=1e-9)
+    for variant in "bc":
+        ps = [next(c for c in look["comparisons"] if c["variant"] == variant).get("always_valid", {}).get("p_value")
+              for look in series]
+        ps = [p for p in ps if p is not None]
+        assert ps == sorted(ps, reverse=True)  # the always-valid p never rises
+    assert client.get(V + "/experiments/exp/metrics/nope", headers=admin).status_code == 404

@@ -84,3 +84,14 @@ class Results(MethodView):
         from flagship.experiments.results import results
 
         return results(runtime(), key)
+
+
+@blp.route("/experiments/<key>/metrics/<metric>")
+class MetricResults(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str, metric: str) -> dict[str, Any]:
+        """One metric's results plus its cumulative daily series (lift and CI per day)"""
+        from flagship.experiments.series import metric_report
+
+        return metric_report(runtime(), key, metric)

@@ -175,9 +175,11 @@ def _plot_row(row: dict[str, Any]) -> dict[str, Any]:
     if row["significant"] and est is not None:
         better = est > 0 if row["direction"] == "increase" else est < 0
         colour = GOOD if better else BAD
-    label = f"{row['metric']} · {row['variant']}" + (" (guardrail)" if row["role"] == "guardrail" else "")
+    suffix = " (guardrail)" if row["role"] == "guardrail" else ""
+    label = f"{row['metric']} · {row['variant']}"
+    short = label if len(label + suffix) <= 32 else label[:31 - len(suffix)] + "…"
     return {"scale": scale, "est": est, "lo": lo, "hi": hi, "text": text, "colour": colour,
-            "label": label, "significant": bool(row["significant"])}
+            "label": label + suffix, "short": short + suffix, "significant": bool(row["significant"])}
 
 
 def _domain(rows: list[dict[str, Any]]) -> tuple[float, float]:
@@ -185,6 +187,8 @@ def _domain(rows: list[dict[str, Any]]) -> tuple[float, float]:
     if not values:
         return -1.0, 1.0
     lo, hi = min(values + [0.0]), max(values + [0.0])
+    if any(r["scale"] == "absolute" for r in rows):  # leave room on both sides of zero for them
+        lo, hi = min(lo, -hi / 4), max(hi, -lo / 4)
     pad = (hi - lo) * 0.08 or 0.01
     return lo - pad, hi + pad
 
@@ -255,9 +259,8 @@ def forest_plot_svg(report: dict[str, Any]) -> str:
         y = top + i * ROW_H + ROW_H / 2
         if i % 2 == 0:
             parts.append(f'<rect x="0" y="{y - ROW_H / 2:.1f}" width="{WIDTH}" height="{ROW_H}" fill="#f6f8fa"/>')
-        label = r["label"] if len(r["label"]) <= 32 else r["label"][:31] + "…"
         parts.append(f'<g><title>{escape(r["label"])}: {escape(r["text"])}</title>'
-                     + _t(LABEL_W, y + 4, label, text_anchor="end", fill="#24292f") + "</g>")
+                     + _t(LABEL_W, y + 4, r["short"], text_anchor="end", fill="#24292f") + "</g>")
         if r["scale"] != "none":
             scale = to_x if r["scale"] == "relative" else _absolute_scale(r, zero)
             parts += _interval_marks(r, y, scale)
