@@ -157,9 +157,11 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 def _register_more_commands() -> None:
     from flagship.cli_data import events, experiments
+    from flagship.cli_stats import aa_test
 
     main.add_command(events)
     main.add_command(experiments)
+    main.add_command(aa_test)
 
 
 _register_more_commands()

@@ -18,12 +18,8 @@ V = "/api/v1/stats"
 CONVERSION = {"metric_type": "conversion", "baseline": 0.1, "mde": 0.01, "mde_type": "absolute"}
 
 
-@pytest.fixture
-def client(app: Any) -> Any:
-    """The app's client, with the calculator registered if the app does not register it yet."""
-    if "stats" not in app.blueprints:
-        app.extensions["flask-smorest"]["apis"][""]["ext_obj"].register_blueprint(blp)
-    return app.test_client()
+def test_the_app_registers_the_calculator(app: Any) -> None:
+    assert app.blueprints["stats"] is blp
 
 
 @pytest.fixture

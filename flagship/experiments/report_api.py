@@ -16,7 +16,7 @@ MEDIA_TYPES = {"html": "text/html", "json": "application/json", "csv": "text/csv
 
 
 class ReportArgs(ma.Schema):
-    format = ma.fields.String(load_default=None, validate=ma.validate.OneOf(list(MEDIA_TYPES)),
+    format = ma.fields.String(validate=ma.validate.OneOf(list(MEDIA_TYPES)),
                               metadata={"description": "html (default), json or csv; without it "
                                                        "the Accept header chooses"})
 
@@ -32,8 +32,9 @@ class Report(MethodView):
     @requires("admin")
     @blp.arguments(ReportArgs, location="query", as_kwargs=True)
     @blp.response(200)
-    @blp.doc(responses={"200": {"content": {
+    @blp.doc(responses={"200": {"description": "The report in the chosen format", "content": {
         "text/html": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"type": "object"}},
         "text/csv": {"schema": {"type": "string"}}}}})
     def get(self, key: str, format: str | None = None) -> Any:  # noqa: A002 (the query name)
         """The experiment report: hypothesis, setup, SRM, forest plot, metrics and decision
