@@ -54,12 +54,12 @@ def _init_http(app: Flask) -> None:
     from flagship import admin_api, serving
     from flagship.api import init_api
     from flagship.experiments import api as experiments_api
-    from flagship.experiments import events_api, metrics_api, stats_api
+    from flagship.experiments import events_api, metrics_api, report_api, stats_api
     from flagship.flags import api as flags_api
 
     api = init_api(app)
-    for module in (flags_api, experiments_api, events_api, metrics_api, stats_api, serving,
-                   admin_api):
+    for module in (flags_api, experiments_api, events_api, metrics_api, report_api, stats_api,
+                   serving, admin_api):
         api.register_blueprint(module.blp)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
     app.add_url_rule("/", "index", lambda: redirect("/api/docs"))

@@ -22,12 +22,8 @@ V = "/api/v1"
 HYPOTHESIS = 'A one-page checkout lifts purchases by 10% <script>alert("x")</script> & keeps latency'
 
 
-@pytest.fixture
-def client(app: Any) -> Any:
-    """The app's client, with the report registered if the app does not register it yet."""
-    if "reports" not in app.blueprints:
-        app.extensions["flask-smorest"]["apis"][""]["ext_obj"].register_blueprint(blp)
-    return app.test_client()
+def test_the_app_registers_the_report(app: Any) -> None:
+    assert app.blueprints["reports"] is blp
 
 
 @pytest.fixture
