@@ -80,9 +80,9 @@ class SqliteWriteLock:
     lock is released.
     """
 
-    def __init__(self, database_path: str | None) -> None:
+    def __init__(self, database_path: str | None, suffix: str = ".writelock") -> None:
         self._thread_lock = threading.Lock()
-        self._path = f"{database_path}.writelock" if database_path else None
+        self._path = f"{database_path}{suffix}" if database_path else None
         self._fd: int | None = None
 
     @contextmanager
@@ -108,8 +108,10 @@ class Database:
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         path = self.engine.url.database if self.is_sqlite else None
-        self._write_lock = SqliteWriteLock(path if path and path != ":memory:" else None) \
-            if self.is_sqlite else None
+        file_path = path if path and path != ":memory:" else None
+        self._write_lock = SqliteWriteLock(file_path) if self.is_sqlite else None
+        # aggregation rounds exclude each other, not the writers (see aggregate.py)
+        self.aggregate_lock = SqliteWriteLock(file_path, ".aggregatelock") if self.is_sqlite else None
         from flagship.writer import BatchWriter
 
         self._writer = BatchWriter(self.write_connection)

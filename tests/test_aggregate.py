@@ -192,3 +192,30 @@ def test_monitor(setup, client, admin):
         assert revenue["variants"][variant]["mean"] == pytest.approx(sum(ys) / len(ys))
     assert body["data_quality"]["accepted"] == len(events) + len(exposures)
     assert client.get(V + "/experiments/nope/monitor", headers=admin).status_code == 404
+
+
+def test_concurrent_rounds_and_ingestion_count_every_pair_once(setup):
+    import threading
+    exposures, events = generate(seed=21, units=240)
+    stop = threading.Event()
+    errors = []
+
+    def aggregator():
+        while not stop.is_set():
+            try:
+                aggregate.run_round(setup.db, batch=37)
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=aggregator) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        send(setup, exposures, events, exposures_first=False)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert not errors, errors
+    check(setup, exposures, events)

@@ -142,11 +142,7 @@ class Deltas:
 
 
 @contextmanager
-def _round_connection(db: Database) -> Iterator[sa.Connection]:
-    if db.is_sqlite:
-        with db.write_connection() as conn:
-            yield conn
-        return
+def _postgres_round(db: Database) -> Iterator[sa.Connection]:
     with db.engine.connect() as lock:
         # a session-level lock taken before the snapshot: two aggregators never overlap,
         # and the second one's REPEATABLE READ view starts after the first committed
@@ -183,12 +179,13 @@ def _old_rows(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[tuple[str
 
 
 def _upsert(conn: sa.Connection, sqlite: bool, rows: list[dict[str, Any]],
-            plans: dict[str, Plan]) -> None:
+            plans: dict[str, Plan], old: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> None:
     """Add increments to unit rows, and their effect to the variant sums."""
     if not rows:
         return
     kinds = {(p.key, m.key): m.kind for p in plans.values() for m in p.metrics}
-    sums.add(conn, sqlite, sums.changes(kinds, _old_rows(conn, rows), rows, COUNTERS))
+    old = _old_rows(conn, rows) if old is None else old
+    sums.add(conn, sqlite, sums.changes(kinds, old, rows, COUNTERS))
     if sqlite:
         from sqlalchemy.dialects.sqlite import insert
     else:
@@ -236,48 +233,89 @@ def _by_unit(conn: sa.Connection, units: set[str], query: Any) -> dict[str, list
     return grouped
 
 
-def run_round(db: Database, batch: int = 5_000) -> int:
-    """Fold up to `batch` new events and exposures in; return how many rows were taken."""
+@dataclass
+class _Work:
+    """What one round read: the pending rows it takes and the increments they make."""
+
+    new_x: list[Any]
+    new_e: list[Any]
+    increments: list[dict[str, Any]]
+    old: dict[tuple[str, str, str], dict[str, Any]]
+
+
+def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int) -> _Work | None:
+    """Read the pending rows and pair them (reads only)."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
-    with _round_connection(db) as conn:
-        plans = _plans(conn)
-        _rebuild_stale(conn, plans, db.is_sqlite)
-        new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
-        new_e = conn.execute(sa.select(e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp)
-                             .where(sa.not_(e.c.aggregated)).order_by(e.c.id).limit(batch)).all()
-        if not new_x and not new_e:
-            return 0
-        deltas = Deltas(plans)
-        names = deltas.event_names
-        # new exposures x events already folded in (the unit's history so far)
-        tracked_x = [row for row in new_x if row.experiment_key in plans]
-        history = _by_unit(conn, {row.unit for row in tracked_x}, lambda chunk: sa.select(
-            e.c.unit, e.c.event, e.c.value, e.c.timestamp)
-            .where(e.c.aggregated, e.c.unit.in_(chunk), e.c.event.in_(names)))
-        for exposure in tracked_x:
-            for event in history.get(exposure.unit, ()):
+    new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
+    new_e = conn.execute(sa.select(e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp)
+                         .where(sa.not_(e.c.aggregated)).order_by(e.c.id).limit(batch)).all()
+    if not new_x and not new_e:
+        return None
+    deltas = Deltas(plans)
+    names = deltas.event_names
+    # new exposures x events already folded in (the unit's history so far)
+    tracked_x = [row for row in new_x if row.experiment_key in plans]
+    history = _by_unit(conn, {row.unit for row in tracked_x}, lambda chunk: sa.select(
+        e.c.unit, e.c.event, e.c.value, e.c.timestamp)
+        .where(e.c.aggregated, e.c.unit.in_(chunk), e.c.event.in_(names)))
+    for exposure in tracked_x:
+        for event in history.get(exposure.unit, ()):
+            deltas.pair(event, exposure)
+    # new events x the unit's exposures that are folded in or being folded in now;
+    # an exposure left for a later round will meet this event there (in step 1)
+    relevant = [row for row in new_e if row.event in names]
+    taken = {(row.experiment_key, row.unit) for row in new_x}
+    exposures = _by_unit(conn, {row.unit for row in relevant},
+                         lambda chunk: sa.select(x).where(x.c.unit.in_(chunk)))
+    for event in relevant:
+        for exposure in exposures.get(event.unit, ()):
+            if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
                 deltas.pair(event, exposure)
-        # new events x the unit's exposures that are folded in or being folded in now;
-        # an exposure left for a later round will meet this event there (in step 1)
-        relevant = [row for row in new_e if row.event in names]
-        taken = {(row.experiment_key, row.unit) for row in new_x}
-        exposures = _by_unit(conn, {row.unit for row in relevant},
-                             lambda chunk: sa.select(x).where(x.c.unit.in_(chunk)))
-        for event in relevant:
-            for exposure in exposures.get(event.unit, ()):
-                if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
-                    deltas.pair(event, exposure)
-        _upsert(conn, db.is_sqlite, list(deltas.rows.values()), plans)
-        if new_e:
-            # the rows taken are exactly the unaggregated ones up to the highest id taken
-            # (ORDER BY id LIMIT): rows committed later are not in this view, so untouched
-            conn.execute(sa.update(e).where(sa.not_(e.c.aggregated), e.c.id <= new_e[-1].id)
-                         .values(aggregated=True))
-        if new_x:
-            conn.execute(sa.update(x).where(x.c.experiment_key == sa.bindparam("k"),
-                                            x.c.unit == sa.bindparam("u")).values(aggregated=True),
-                         [{"k": row.experiment_key, "u": row.unit} for row in new_x])
-        return len(new_x) + len(new_e)
+    increments = list(deltas.rows.values())
+    return _Work(new_x, new_e, increments, _old_rows(conn, increments))
+
+
+def _apply(conn: sa.Connection, sqlite: bool, plans: dict[str, Plan], work: _Work) -> int:
+    """Write a round's increments and mark its rows folded in (writes only)."""
+    x, e = ExposureRecord.__table__, EventRecord.__table__
+    _upsert(conn, sqlite, work.increments, plans, work.old)
+    if work.new_e:
+        # the rows taken are exactly the pending ones up to the highest id taken (ORDER BY
+        # id LIMIT): rows committed since have higher ids (SQLite) or are not in this
+        # transaction's view (PostgreSQL), so they are untouched
+        conn.execute(sa.update(e).where(sa.not_(e.c.aggregated), e.c.id <= work.new_e[-1].id)
+                     .values(aggregated=True))
+    if work.new_x:
+        conn.execute(sa.update(x).where(x.c.experiment_key == sa.bindparam("k"),
+                                        x.c.unit == sa.bindparam("u")).values(aggregated=True),
+                     [{"k": row.experiment_key, "u": row.unit} for row in work.new_x])
+    return len(work.new_x) + len(work.new_e)
+
+
+def run_round(db: Database, batch: int = 5_000) -> int:
+    """Fold up to `batch` pending events and exposures in; return how many rows were taken.
+
+    On SQLite the round reads in a read transaction and holds the write lock only for its
+    short write phase, so event ingestion is not stalled behind it; rounds exclude each
+    other through their own lock, and only rounds write the aggregate tables, so what a
+    round read is still current when it writes.
+    """
+    if not db.is_sqlite:
+        with _postgres_round(db) as conn:
+            plans = _plans(conn)
+            _rebuild_stale(conn, plans, False)
+            work = _collect(conn, plans, batch)
+            return _apply(conn, False, plans, work) if work else 0
+    with db.aggregate_lock.hold():
+        with db.write_connection() as conn:  # rare, and reads+writes: under the write lock
+            plans = _plans(conn)
+            _rebuild_stale(conn, plans, True)
+        with db.engine.connect() as conn, conn.begin():
+            work = _collect(conn, plans, batch)
+        if work is None:
+            return 0
+        with db.write_connection() as conn:
+            return _apply(conn, True, plans, work)
 
 
 def catch_up(db: Database, batch: int = 5_000) -> int:
