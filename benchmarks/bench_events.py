@@ -53,10 +53,12 @@ def batched_ingestion(port: int, seconds: float, batch: int = 1000, threads: int
 
 
 def single_events(port: int, rate: int, seconds: float) -> dict:
-    def make(i: int) -> tuple[str, dict]:
-        return "/api/v1/experiments/events", {"event_id": f"single-{i}", "unit": f"u{i % 5000}",
+    def make(i: int, prefix: str = "single") -> tuple[str, dict]:
+        return "/api/v1/experiments/events", {"event_id": f"{prefix}-{i}", "unit": f"u{i % 5000}",
                                                "event": "click"}
-    return open_loop(port, {"Authorization": HEADERS["Authorization"]}, rate, seconds, make=make)
+    auth = {"Authorization": HEADERS["Authorization"]}
+    open_loop(port, auth, 200, 1, make=lambda i: make(i, "warm-up"))  # both workers warm
+    return open_loop(port, auth, rate, seconds, make=make)
 
 
 def stored(url: str) -> int:
@@ -73,15 +75,18 @@ def run_server_benchmarks(label: str, url: str | None, seconds: float) -> None:
         database = url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         server = start_server(Path(tmp), port, KEY, database)
         try:
-            rate, accepted = batched_ingestion(port, seconds)
-            count = stored(database)
-            print(f"[{label}] batched ingestion (4 clients x 1,000-event batches): {rate:,.0f} events/s; "
-                  f"accepted {accepted:,}, stored {count:,} ({'nothing lost' if count == accepted else 'LOST EVENTS'}) "
-                  f"(target >= 20,000 events/s)")
+            # single events first: measured in steady state, not while the background
+            # aggregator folds in the backlog that the batched phase leaves behind
             single = single_events(port, 1000, seconds / 2)
             print(f"[{label}] single events at 1,000 req/s: achieved {single['achieved_rps']:,.0f} req/s, "
                   f"p50 {single['p50_ms']:.2f} ms, p99 {single['p99_ms']:.2f} ms, errors {single['errors']} "
                   f"(target p99 <= 50 ms)")
+            before = stored(database)
+            rate, accepted = batched_ingestion(port, seconds)
+            count = stored(database) - before
+            print(f"[{label}] batched ingestion (4 clients x 1,000-event batches): {rate:,.0f} events/s; "
+                  f"accepted {accepted:,}, stored {count:,} ({'nothing lost' if count == accepted else 'LOST EVENTS'}) "
+                  f"(target >= 20,000 events/s)")
         finally:
             server.terminate()
             server.wait(timeout=10)

@@ -21,7 +21,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     plugins = make_plugin_manager(settings["PLUGINS"].split(","),
                                   entry_points=settings.get("ENTRY_POINTS", True))
-    runtime = Runtime(db=Database(settings["DATABASE_URL"]), plugins=plugins,
+    server = bool(settings.get("SERVER"))
+    runtime = Runtime(db=Database(settings["DATABASE_URL"], background_checkpoint=server), plugins=plugins,
                       operators=operator_table(plugins), config=settings)
     app.extensions["flagship"] = runtime
     _init_services(runtime)
@@ -48,6 +49,12 @@ def _init_services(runtime: Runtime) -> None:
                           lambda: catch_up(runtime.db))
         ticker.start()
         runtime.caches["aggregator"] = ticker
+    if runtime.config.get("SERVER") and runtime.db.is_sqlite:
+        from flagship.background import Periodic
+
+        checkpointer = Periodic("flagship-checkpoint", 1.0, runtime.db.checkpoint)
+        checkpointer.start()
+        runtime.caches["checkpointer"] = checkpointer
 
 
 def _init_http(app: Flask) -> None:

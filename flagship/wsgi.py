@@ -23,6 +23,7 @@ class FlagshipServer(BaseApplication):
         self.cfg.set("errorlog", "-")
 
     def load(self) -> Any:
+        import gc
         import sys
 
         from flagship.app import create_app
@@ -30,8 +31,14 @@ class FlagshipServer(BaseApplication):
         # Hand the GIL over more often than every 5 ms: a request thread waiting for the
         # group-commit writer (or a lock) otherwise waits a whole interval per handoff.
         sys.setswitchinterval(0.001)
-        return create_app({"HOST": self.settings["HOST"], "PORT": self.settings["PORT"],
-                           "SERVER": True})
+        app = create_app({"HOST": self.settings["HOST"], "PORT": self.settings["PORT"],
+                          "SERVER": True})
+        # Everything imported and built so far lives as long as the process: keep it out
+        # of the cyclic GC's scans. A full collection walking it stalled all requests for
+        # ~130 ms every few seconds under load.
+        gc.collect()
+        gc.freeze()
+        return app
 
 
 def run_gunicorn(settings: dict[str, Any]) -> None:
