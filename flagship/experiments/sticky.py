@@ -43,18 +43,31 @@ def _from_row(row: Any) -> Assignment:
 
 
 def insert_exposure(db: Database, assignment: Assignment) -> bool:
-    """Insert the exposure unless present; True if this call inserted it (race-free)."""
-    table = ExposureRecord.__table__
+    """Insert the exposure unless present; True if this call inserted it (race-free).
+
+    Concurrent first assignments are merged into one INSERT by the group-commit writer.
+    """
     values = {"experiment_key": assignment.experiment, "unit": assignment.unit,
               "variant": assignment.variant, "layer_key": assignment.layer,
               "assigned_at": assignment.assigned_at}
+    return db.batched_merge("exposures", values, lambda conn, rows: _insert_exposures(conn, db, rows))
+
+
+def _insert_exposures(conn: sa.Connection, db: Database, rows: list[dict[str, Any]]) -> list[bool]:
+    table = ExposureRecord.__table__
     if db.is_sqlite:
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert
-    # RETURNING tells reliably whether this statement inserted (rowcount does not, on psycopg)
-    statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.c.unit)
-    return db.batched(lambda conn: conn.execute(statement).first() is not None)
+    # RETURNING tells reliably what was inserted (rowcount does not, on psycopg)
+    statement = insert(table).on_conflict_do_nothing().returning(table.c.experiment_key, table.c.unit)
+    inserted = {tuple(row) for row in conn.execute(statement, rows)}
+    credited = []
+    for row in rows:  # a pair listed twice in one batch is credited to the first only
+        key = (row["experiment_key"], row["unit"])
+        credited.append(key in inserted)
+        inserted.discard(key)
+    return credited
 
 
 class SqlAssignments:
