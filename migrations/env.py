@@ -10,6 +10,7 @@ import flagship.auth  # noqa: F401
 import flagship.db  # noqa: F401
 import flagship.experiments.aggregate  # noqa: F401
 import flagship.experiments.ingest  # noqa: F401
+import flagship.experiments.looks  # noqa: F401
 import flagship.experiments.metrics  # noqa: F401
 import flagship.experiments.store  # noqa: F401
 import flagship.experiments.sums  # noqa: F401

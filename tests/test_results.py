@@ -139,3 +139,25 @@ def test_metric_series_is_cumulative_and_ends_at_the_results(experiment, client,
         ps = [p for p in ps if p is not None]
         assert ps == sorted(ps, reverse=True)  # the always-valid p never rises
     assert client.get(V + "/experiments/exp/metrics/nope", headers=admin).status_code == 404
+
+
+def test_always_valid_p_never_rises_between_looks(experiment, client, admin):
+    simulate(experiment, per_variant=300)
+    first = client.get(V + "/experiments/exp/results", headers=admin).json
+    before = {(m["metric"], c["variant"]): c["always_valid"] for m in first["metrics"]
+              for c in m["comparisons"] if "always_valid" in c}
+    # more units with no purchases at all: the evidence weakens, the instant p would rise
+    quiet = [{"event_id": f"x-late-{v}{i}", "unit": f"late-{v}{i}", "event": "$exposure", "experiment": "exp",
+              "variant": v, "timestamp": (T0 + timedelta(hours=2)).isoformat()}
+             for v in "abc" for i in range(300)]
+    assert not ingest(experiment, quiet, now=T0 + timedelta(days=1)).rejected
+    second = client.get(V + "/experiments/exp/results", headers=admin).json
+    for m in second["metrics"]:
+        for c in m["comparisons"]:
+            if (m["metric"], c["variant"]) not in before:
+                continue
+            old, new = before[(m["metric"], c["variant"])], c["always_valid"]
+            assert new["p_value"] <= old["p_value"] and new["tau2"] == old["tau2"]
+            assert new["looks"] == old["looks"] + 1
+            lo, hi = new["confidence_sequence"]
+            assert old["confidence_sequence"][0] <= lo <= hi <= old["confidence_sequence"][1]

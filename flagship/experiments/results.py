@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from scipy import stats as scipy_stats
 
 from flagship.errors import FlagshipError, NotFoundError
-from flagship.experiments import aggregate, analysis
+from flagship.experiments import aggregate, analysis, looks
 from flagship.experiments import stats as engine
 from flagship.experiments.analysis import VariantStats
 from flagship.experiments.metrics import Metric, metrics_by_key
@@ -74,7 +74,8 @@ def _planning(metric: Metric, a: VariantStats, b: VariantStats, diff: float, alp
 
 
 def _compare(metric: Metric, a: VariantStats, b: VariantStats, doc: dict[str, Any],
-             cuped: dict[str, Any] | None, k: int) -> dict[str, Any]:
+             cuped: dict[str, Any] | None, k: int,
+             previous: dict[str, Any] | None = None) -> dict[str, Any]:
     alpha = doc["significance_level"]
     try:
         est = _estimate(metric, a, b, alpha, cuped)
@@ -88,9 +89,12 @@ def _compare(metric: Metric, a: VariantStats, b: VariantStats, doc: dict[str, An
            "relative_ci": _interval(r.relative_ci) if r.relative_ci else None,
            "relative_note": r.relative_reason, "p_value": r.p_value, "se": se}
     if horizon_var > 0 and se > 0:
-        sequential = engine.msprt_test(r.difference, se * se, engine.default_tau2(horizon_var, alpha), alpha)
+        tau2 = previous["tau2"] if previous else engine.default_tau2(horizon_var, alpha)
+        sequential = engine.msprt_test(
+            r.difference, se * se, tau2, alpha, previous_p=previous["p_value"] if previous else None,
+            previous_ci=tuple(previous["ci"]) if previous else None)
         out["always_valid"] = {"p_value": sequential.p_value, "confidence_sequence": _interval(sequential.ci),
-                               "tau2": sequential.tau2}
+                               "tau2": sequential.tau2, "looks": (previous or {}).get("looks", 0) + 1}
     if cuped is not None:
         out["cuped"] = {"theta": cuped["theta"],
                         "variance_reduction": cuped["variants"][b.variant].variance_reduction}
@@ -118,7 +122,7 @@ def _good(metric: Metric, comparison: dict[str, Any]) -> bool:
     return diff > 0 if metric.direction == "increase" else diff < 0
 
 
-def _load(runtime: Runtime, key: str) -> tuple[ExperimentRecord, dict[str, Metric], dict, dict]:
+def _load(runtime: Runtime, key: str) -> tuple[ExperimentRecord, dict[str, Metric], dict, dict, dict]:
     aggregate.catch_up(runtime.db)
     with runtime.db.session() as session:
         record = session.execute(sa.select(ExperimentRecord).where(ExperimentRecord.key == key)).scalar_one_or_none()
@@ -129,13 +133,14 @@ def _load(runtime: Runtime, key: str) -> tuple[ExperimentRecord, dict[str, Metri
         names = [v["variant"] for v in record.document["variants"]]
         counts = analysis.exposure_counts(conn, key)
         stats = {m: analysis.variant_stats(conn, key, metric, names, counts) for m, metric in metrics.items()}
+        previous = looks.load(conn, key)
         session.expunge(record)
-    return record, metrics, stats, counts
+    return record, metrics, stats, counts, previous
 
 
 def results(runtime: Runtime, key: str) -> dict[str, Any]:
     """The full analysis of an experiment (GET /experiments/{key}/results)."""
-    record, metrics, stats, counts = _load(runtime, key)
+    record, metrics, stats, counts, previous = _load(runtime, key)
     doc = record.document
     variants = doc["variants"]
     control = next(v["variant"] for v in variants if v["is_control"])
@@ -152,17 +157,31 @@ def results(runtime: Runtime, key: str) -> dict[str, Any]:
             "role": "success" if metric_key in success else "guardrail",
             "variants": {v: {"units": s.n, "mean": (s.sum / s.den_sum if metric.kind == "ratio" and s.den_sum else s.mean),
                              "variance": s.variance} for v, s in by_variant.items()},
-            "comparisons": [_compare(metric, by_variant[control], by_variant[t], doc, cuped, len(treatments))
+            "comparisons": [_compare(metric, by_variant[control], by_variant[t], doc, cuped,
+                                     len(treatments), previous.get((metric_key, t)))
                             for t in treatments]}
         if metric_key in guards:
             for comparison in report[metric_key]["comparisons"]:
                 comparison["guardrail"] = _guardrail(metric, by_variant[control], comparison,
                                                      guards[metric_key], doc["significance_level"])
     _adjust(report, success, doc)
+    looks.save(runtime.db, key, _sequential_state(report), runtime.clock())
     return {"experiment": key, "status": record.status, "control": control, "srm": srm,
             "multiple_testing": doc.get("multiple_testing", "holm"),
             "significance_level": doc["significance_level"],
             "metrics": list(report.values()), "decision": _decide(report, metrics, success, srm, doc, counts)}
+
+
+def _sequential_state(report: dict[str, dict[str, Any]]) -> looks.State:
+    state: looks.State = {}
+    for entry in report.values():
+        for c in entry["comparisons"]:
+            seq = c.get("always_valid")
+            if seq and None not in seq["confidence_sequence"]:
+                state[(entry["metric"], c["variant"])] = {
+                    "tau2": seq["tau2"], "p_value": seq["p_value"],
+                    "ci": tuple(seq["confidence_sequence"]), "looks": seq["looks"]}
+    return state
 
 
 def _srm(variants: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
