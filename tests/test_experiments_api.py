@@ -335,3 +335,23 @@ def test_explain_shows_the_raw_numbers(api, client, sdk):
     missing = client.post(f"{V}/explain", json={"flag": "nope", "context": {}}, headers=sdk).json
     assert missing["result"]["error_code"] == "FLAG_NOT_FOUND"
     assert client.post(f"{V}/explain", json={"context": {}}, headers=sdk).status_code == 422
+
+
+def test_sdk_snapshot_evaluates_experiments_like_the_server(api, client, sdk):
+    from flagship import Snapshot
+    from flagship.flags.evaluate import EvalState
+
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    api("post", "/experiments", experiment(traffic=60, targeting=[
+        {"attribute": "country", "operator": "in", "values": ["US", "NL"]}]), 201)
+    api("post", "/experiments/exp-a/start")
+    snapshot = Snapshot.from_dict(client.get(V + "/sdk/snapshot", headers=sdk).json)
+    state = EvalState(now=datetime.now(timezone.utc).timestamp())
+    for i in range(300):
+        context = {"key": f"user-{i}", "country": ["US", "NL", "DE"][i % 3]}
+        local = snapshot.evaluate("colour", context, state)  # no sticky record yet
+        server = client.post(V + "/evaluate", json={"context": context, "flags": ["colour"]},
+                             headers=sdk).json["flags"]["colour"]
+        assert (local.variant, local.reason, local.experiment) == (
+            server["variant"], server["reason"], server.get("experiment"))
