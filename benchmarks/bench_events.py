@@ -15,13 +15,13 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
-from bench_http import free_port, open_loop, percentile, start_server
+from bench_http import free_port, open_loop, start_server
 
 KEY = "fsk_admin_benchmark_key_0000000000000000"
 HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}

@@ -8,7 +8,7 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from flagship import audit, auth
-from flagship.api import PageArgs, actor, make_blueprint, page_body, requires, runtime
+from flagship.api import PageArgs, actor, make_blueprint, page_body, page_schema, requires, runtime
 
 blp = make_blueprint("admin", "Audit log and API keys")
 
@@ -35,11 +35,7 @@ class AuditEntrySchema(ma.Schema):
     after = fields.Raw(allow_none=True)
 
 
-class AuditPageSchema(ma.Schema):
-    items = fields.List(fields.Nested(AuditEntrySchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+AuditPageSchema = page_schema(AuditEntrySchema, "AuditPageSchema")
 
 
 class KeyCreateSchema(ma.Schema):

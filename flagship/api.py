@@ -156,6 +156,20 @@ def page_body(items: list[Any], total: int, page: int, per_page: int) -> dict[st
     return {"items": items, "total": total, "page": page, "per_page": per_page}
 
 
+def page_schema(item: type[ma.Schema], name: str) -> type[ma.Schema]:
+    """The schema of a paged listing of `item` (what `page_body` returns)."""
+    return type(name, (ma.Schema,), {
+        "items": ma.fields.List(ma.fields.Nested(item)), "total": ma.fields.Integer(),
+        "page": ma.fields.Integer(), "per_page": ma.fields.Integer(),
+        "__doc__": f"One page of {item.__name__.removesuffix('Schema')} items."})
+
+
+def versioned(view: Any, status: int = 200) -> tuple[Any, int, dict[str, str]]:
+    """A response whose ETag is the object's version (what If-Match sends back)."""
+    number = view["version"] if isinstance(view, dict) else view.version
+    return view, status, {"ETag": f'"{number}"'}
+
+
 def make_blueprint(name: str, description: str) -> Blueprint:
     return Blueprint(name, __name__, url_prefix="/api/v1", description=description)
 

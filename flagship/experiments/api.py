@@ -5,15 +5,13 @@ from typing import Any
 
 from flask.views import MethodView
 
-from flagship.api import PageArgs, actor, expected_version, make_blueprint, page_body, requires, runtime
+from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
+                          runtime, versioned)
 from flagship.experiments import schemas, service
 from flagship.flags.schemas import RevisionPageSchema
 
 blp = make_blueprint("experiments", "Layers, experiments, lifecycle and assignment")
 
-
-def _versioned(view: dict[str, Any], status: int = 200) -> tuple[dict[str, Any], int, dict[str, str]]:
-    return view, status, {"ETag": f'"{view["version"]}"'}
 
 
 @blp.route("/layers")
@@ -29,7 +27,7 @@ class Layers(MethodView):
     @blp.response(201, schemas.LayerSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Create a layer (10,000 buckets hashed with its own salt)"""
-        return _versioned(service.create_layer(runtime(), actor(), body), 201)
+        return versioned(service.create_layer(runtime(), actor(), body), 201)
 
 
 @blp.route("/layers/<key>")
@@ -38,7 +36,7 @@ class LayerByKey(MethodView):
     @blp.response(200, schemas.LayerSchema)
     def get(self, key: str) -> Any:
         """A layer: each experiment's bucket ranges, percentage and status, and the free share"""
-        return _versioned(service.get_layer(runtime(), key))
+        return versioned(service.get_layer(runtime(), key))
 
     @requires("admin")
     @blp.arguments(schemas.LayerPatchSchema)
@@ -47,7 +45,7 @@ class LayerByKey(MethodView):
         """Rename or describe a layer (the salt only before any experiment ran in it)"""
         version = expected_version(body)
         body.pop("version", None)
-        return _versioned(service.update_layer(runtime(), actor(), key, body, version))
+        return versioned(service.update_layer(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.response(204)
@@ -74,7 +72,7 @@ class Experiments(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Create a draft experiment on a flag (created from the variant values if new)"""
         body.pop("version", None)
-        return _versioned(service.create_experiment(runtime(), actor(), body), 201)
+        return versioned(service.create_experiment(runtime(), actor(), body), 201)
 
 
 @blp.route("/experiments/<key>")
@@ -83,7 +81,7 @@ class ExperimentByKey(MethodView):
     @blp.response(200, schemas.ExperimentSchema)
     def get(self, key: str) -> Any:
         """An experiment with its state and bucket allocation"""
-        return _versioned(service.get_experiment(runtime(), key))
+        return versioned(service.get_experiment(runtime(), key))
 
     @requires("admin")
     @blp.arguments(schemas.ExperimentReplaceSchema)
@@ -92,7 +90,7 @@ class ExperimentByKey(MethodView):
         """Replace an experiment's configuration (needs If-Match or `version`)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(service.update_experiment(runtime(), actor(), key, body, version, partial=False))
+        return versioned(service.update_experiment(runtime(), actor(), key, body, version, partial=False))
 
     @requires("admin")
     @blp.arguments(schemas.ExperimentBodySchema)
@@ -101,7 +99,7 @@ class ExperimentByKey(MethodView):
         """Change some fields (weights and traffic affect only units never assigned)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(service.update_experiment(runtime(), actor(), key, body, version, partial=True))
+        return versioned(service.update_experiment(runtime(), actor(), key, body, version, partial=True))
 
     @requires("admin")
     @blp.response(204)
@@ -115,7 +113,7 @@ def _lifecycle(action: str, doc: str) -> type[MethodView]:
         @requires("admin")
         @blp.response(200, schemas.ExperimentSchema)
         def post(self, key: str) -> Any:
-            return _versioned(service.transition(runtime(), actor(), key, action))
+            return versioned(service.transition(runtime(), actor(), key, action))
 
     Transition.post.__doc__ = doc
     Transition.__name__ = f"Experiment{action.title()}"
@@ -136,7 +134,7 @@ class ExperimentStop(MethodView):
     @blp.response(200, schemas.ExperimentSchema)
     def post(self, body: dict[str, Any], key: str) -> Any:
         """Stop as completed or terminated; its buckets return to the layer"""
-        return _versioned(service.transition(runtime(), actor(), key, "stop", body["outcome"]))
+        return versioned(service.transition(runtime(), actor(), key, "stop", body["outcome"]))
 
 
 @blp.route("/experiments/<key>/release")
@@ -146,7 +144,7 @@ class ExperimentRelease(MethodView):
     @blp.response(200, schemas.ExperimentSchema)
     def post(self, body: dict[str, Any], key: str) -> Any:
         """Promote a winner: complete, free the buckets, serve it to a percentage (ramp again later)"""
-        return _versioned(service.release(runtime(), actor(), key, body["variant"], body["percentage"]))
+        return versioned(service.release(runtime(), actor(), key, body["variant"], body["percentage"]))
 
 
 @blp.route("/experiments/<key>/revisions")

@@ -7,9 +7,9 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from flagship.api import PageArgs, actor, expected_version, make_blueprint, page_body, requires, runtime
+from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, page_schema,
+                          requires, runtime, versioned)
 from flagship.experiments import metrics
-from flagship.experiments.metrics import Metric
 from flagship.flags.schemas import KEY
 
 blp = make_blueprint("metrics", "Metric definitions")
@@ -60,15 +60,7 @@ class MetricSchema(ma.Schema):
     updated_by = fields.String()
 
 
-class MetricPageSchema(ma.Schema):
-    items = fields.List(fields.Nested(MetricSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
-
-
-def _versioned(metric: Metric, status: int = 200) -> tuple[Metric, int, dict[str, str]]:
-    return metric, status, {"ETag": f'"{metric.version}"'}
+MetricPageSchema = page_schema(MetricSchema, "MetricPageSchema")
 
 
 @blp.route("/metrics")
@@ -87,7 +79,7 @@ class Metrics(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Define a metric: an event, how it aggregates per unit, and which direction is good"""
         body.pop("version", None)
-        return _versioned(metrics.create_metric(runtime(), actor(), body), 201)
+        return versioned(metrics.create_metric(runtime(), actor(), body), 201)
 
 
 @blp.route("/metrics/<key>")
@@ -96,7 +88,7 @@ class MetricByKey(MethodView):
     @blp.response(200, MetricSchema)
     def get(self, key: str) -> Any:
         """A metric definition"""
-        return _versioned(metrics.get_metric(runtime(), key))
+        return versioned(metrics.get_metric(runtime(), key))
 
     @requires("admin")
     @blp.arguments(MetricBodySchema)
@@ -106,7 +98,7 @@ class MetricByKey(MethodView):
         running or paused experiment uses it)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(metrics.replace_metric(runtime(), actor(), key, body, version))
+        return versioned(metrics.replace_metric(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.response(204)

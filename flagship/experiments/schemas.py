@@ -4,7 +4,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from flagship.api import PageArgs
+from flagship.api import PageArgs, page_schema
 from flagship.flags.schemas import KEY, ConditionSchema
 
 
@@ -120,11 +120,7 @@ class ExperimentListArgs(PageArgs):
     flag = fields.String()
 
 
-class ExperimentPageSchema(ma.Schema):
-    items = fields.List(fields.Nested(ExperimentSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+ExperimentPageSchema = page_schema(ExperimentSchema, "ExperimentPageSchema")
 
 
 class StopSchema(ma.Schema):

@@ -2,7 +2,7 @@
 effects), with the always-valid p-value as a running minimum across the looks."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from typing import Any
 
 import numpy as np

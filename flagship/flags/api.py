@@ -6,14 +6,12 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 
-from flagship.api import PageArgs, actor, expected_version, make_blueprint, page_body, requires, runtime
+from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
+                          runtime, versioned)
 from flagship.flags import schemas, service
 
 blp = make_blueprint("flags", "Flags and segments")
 
-
-def _versioned(view: dict[str, Any], status: int = 200) -> tuple[dict[str, Any], int, dict[str, str]]:
-    return view, status, {"ETag": f'"{view["version"]}"'}
 
 
 @blp.route("/flags")
@@ -33,7 +31,7 @@ class Flags(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Create a flag"""
         body.pop("version", None)
-        return _versioned(service.create_flag(runtime(), actor(), body), 201)
+        return versioned(service.create_flag(runtime(), actor(), body), 201)
 
 
 @blp.route("/flags/<key>")
@@ -42,7 +40,7 @@ class FlagByKey(MethodView):
     @blp.response(200, schemas.FlagSchema)
     def get(self, key: str) -> Any:
         """Get a flag (its ETag is the version to send back in If-Match)"""
-        return _versioned(service.get_flag(runtime(), key))
+        return versioned(service.get_flag(runtime(), key))
 
     @requires("admin")
     @blp.arguments(schemas.FlagReplaceSchema)
@@ -51,7 +49,7 @@ class FlagByKey(MethodView):
         """Replace a flag (needs If-Match or `version`; stale -> 409)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(service.replace_flag(runtime(), actor(), key, body, version))
+        return versioned(service.replace_flag(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.arguments(schemas.FlagBodySchema)
@@ -60,7 +58,7 @@ class FlagByKey(MethodView):
         """Change some top-level fields of a flag (needs If-Match or `version`)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(service.patch_flag(runtime(), actor(), key, body, version))
+        return versioned(service.patch_flag(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.response(204)
@@ -72,7 +70,7 @@ class FlagByKey(MethodView):
 def _toggle(key: str, enabled: bool) -> Any:
     body = request.get_json(silent=True) if request.content_length else None
     version = expected_version(body if isinstance(body, dict) else None)
-    return _versioned(service.set_enabled(runtime(), actor(), key, enabled, version))
+    return versioned(service.set_enabled(runtime(), actor(), key, enabled, version))
 
 
 @blp.route("/flags/<key>/enable")
@@ -112,7 +110,7 @@ class FlagRestore(MethodView):
         """Make an old revision current again (as a new revision; works after delete)"""
         body = request.get_json(silent=True) if request.content_length else None
         expected = expected_version(body if isinstance(body, dict) else None)
-        return _versioned(service.restore_revision(runtime(), actor(), key, version, expected))
+        return versioned(service.restore_revision(runtime(), actor(), key, version, expected))
 
 
 @blp.route("/segments")
@@ -129,7 +127,7 @@ class Segments(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Create a segment"""
         body.pop("version", None)
-        return _versioned(service.create_segment(runtime(), actor(), body), 201)
+        return versioned(service.create_segment(runtime(), actor(), body), 201)
 
 
 @blp.route("/segments/<key>")
@@ -138,7 +136,7 @@ class SegmentByKey(MethodView):
     @blp.response(200, schemas.SegmentSchema)
     def get(self, key: str) -> Any:
         """Get a segment"""
-        return _versioned(service.get_segment(runtime(), key))
+        return versioned(service.get_segment(runtime(), key))
 
     @requires("admin")
     @blp.arguments(schemas.SegmentBodySchema)
@@ -147,7 +145,7 @@ class SegmentByKey(MethodView):
         """Replace a segment (needs If-Match or `version`)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return _versioned(service.replace_segment(runtime(), actor(), key, body, version))
+        return versioned(service.replace_segment(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.response(204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from flagship.api import PageArgs
+from flagship.api import PageArgs, page_schema
 
 KEY = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
                       error="must be 1-128 letters, digits, '_', '.' or '-', starting with a "
@@ -103,11 +103,7 @@ class FlagListArgs(PageArgs):
     q = fields.String(metadata={"description": "case-insensitive search in key and description"})
 
 
-class FlagPageSchema(ma.Schema):
-    items = fields.List(fields.Nested(FlagSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+FlagPageSchema = page_schema(FlagSchema, "FlagPageSchema")
 
 
 class RevisionSchema(ma.Schema):
@@ -119,11 +115,7 @@ class RevisionSchema(ma.Schema):
     diff = fields.List(fields.Dict())
 
 
-class RevisionPageSchema(ma.Schema):
-    items = fields.List(fields.Nested(RevisionSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
+RevisionPageSchema = page_schema(RevisionSchema, "RevisionPageSchema")
 
 
 class SegmentBodySchema(ma.Schema):
