@@ -136,7 +136,10 @@ def expected_version(body: dict[str, Any] | None = None, required: bool = False)
             raise ValidationError(f"If-Match must be a version number, got {header!r}",
                                   field="If-Match") from None
     if body and body.get("version") is not None:
-        return int(body["version"])
+        version = body["version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValidationError(f"must be a version number, got {version!r}", field="version")
+        return version
     if required:
         from flask_smorest import abort
         abort(428, message="send the version you edit: an If-Match header or a 'version' field "

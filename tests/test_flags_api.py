@@ -201,3 +201,12 @@ def test_audit_log_records_every_mutation_with_filters(client, admin):
     only_flags = client.get("/api/v1/audit?target_type=flag&per_page=1", headers=admin).json
     assert only_flags["total"] == 2 and len(only_flags["items"]) == 1
     assert client.get("/api/v1/audit?since=not-a-date", headers=admin).status_code == 422
+
+
+def test_toggle_with_a_bad_version_is_422_not_500(client, admin):
+    create(client, admin, boolean_flag())
+    for bad in ("two", 1.5, True, [1]):
+        response = client.post("/api/v1/flags/new-checkout/disable", json={"version": bad}, headers=admin)
+        assert response.status_code == 422 and "version" in str(response.json["errors"])
+    assert client.post("/api/v1/flags/new-checkout/disable", json={"version": 1},
+                       headers=admin).json["enabled"] is False
