@@ -46,3 +46,30 @@ def test_evaluate_never_500_on_any_context(client, admin, context):
          "conditions": [{"attribute": "n", "operator": "gt", "values": [3]}]}]), headers=admin)
     response = client.post("/api/v1/evaluate", json={"context": context}, headers=admin)
     assert response.status_code in (200, 422)
+
+
+WRITE_PATHS = [("post", "/api/v1/flags/fuzzed/enable"), ("post", "/api/v1/flags/fuzzed/disable"),
+               ("post", "/api/v1/flags/fuzzed/revisions/1/restore"), ("post", "/api/v1/layers"),
+               ("patch", "/api/v1/layers/main"), ("post", "/api/v1/experiments"),
+               ("patch", "/api/v1/experiments/exp"), ("post", "/api/v1/experiments/exp/stop"),
+               ("post", "/api/v1/experiments/exp/release"), ("post", "/api/v1/experiments/exp/assign"),
+               ("post", "/api/v1/experiments/events"), ("post", "/api/v1/experiments/events/batch"),
+               ("post", "/api/v1/metrics"), ("put", "/api/v1/metrics/m"), ("post", "/api/v1/explain"),
+               ("post", "/api/v1/stats/sample-size"), ("post", "/api/v1/stats/power"),
+               ("post", "/api/v1/keys")]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values | st.dictionaries(st.sampled_from(
+    ["key", "flag", "layer", "variants", "version", "variant", "percentage", "outcome", "context",
+     "unit", "event", "value", "timestamp", "kind", "baseline", "mde", "metric_type", "name", "scope",
+     "traffic_percentage", "events"]), json_values, max_size=6))
+def test_no_write_endpoint_answers_500(client, admin, body):
+    client.post("/api/v1/flags", json=boolean_flag("fuzzed"), headers=admin)
+    client.post("/api/v1/layers", json={"key": "main"}, headers=admin)
+    client.post("/api/v1/experiments", json={"key": "exp", "flag": "f", "layer": "main", "variants": [
+        {"variant": "a", "value": 1, "is_control": True}, {"variant": "b", "value": 2}]}, headers=admin)
+    for method, path in WRITE_PATHS:
+        response = getattr(client, method)(path, data=json.dumps(body),
+                                           headers={**admin, "Content-Type": "application/json"})
+        assert response.status_code < 500, (path, body, response.get_json(silent=True))
