@@ -1,6 +1,7 @@
 """Sticky assignment stores: memory, SQL (exposures table) and real Redis, one contract."""
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timezone
 
@@ -12,7 +13,9 @@ from flagship.experiments.assign import Assignment, MemoryAssignments
 from flagship.experiments.sticky import ExposureRecord, RedisAssignments, SqlAssignments
 from tests.conftest import make_app
 
-REDIS_URL = "redis://127.0.0.1:6379/13"  # an index of our own, flushed before and after
+# an index of our own per test process (xdist workers run at once), flushed before and after
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_URL = f"redis://127.0.0.1:6379/{12 + _WORKER % 4}"
 AT = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
 
