@@ -355,3 +355,15 @@ def test_sdk_snapshot_evaluates_experiments_like_the_server(api, client, sdk):
                              headers=sdk).json["flags"]["colour"]
         assert (local.variant, local.reason, local.experiment) == (
             server["variant"], server["reason"], server.get("experiment"))
+
+
+def test_referenced_metrics_must_exist(api):
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    body = api("post", "/experiments", experiment(success_metrics=["ghost"]), 422)
+    assert "success_metrics.0" in body["errors"]["json"] and "ghost" in body["message"]
+    body = api("post", "/experiments", experiment(guardrail_metrics=[{"metric": "ghost", "margin": 0.1}]), 422)
+    assert "guardrail_metrics.0.metric" in body["errors"]["json"]
+    api("post", "/metrics", {"key": "ghost", "event": "boo", "kind": "count"}, 201)
+    api("post", "/experiments", experiment(success_metrics=["ghost"]), 201)
+    assert api("delete", "/metrics/ghost", status=409)["errors"]["experiments"] == ["exp-a"]

@@ -218,9 +218,29 @@ def _flag_variants(session: Session, key: str) -> dict[str, Any] | None:
 def _validated(runtime: Runtime, session: Session, doc: dict[str, Any]) -> dict[str, Any]:
     if store.get_layer(session, doc["layer"]) is None:
         raise ValidationError(f"layer {doc['layer']!r} not found", field="layer")
-    return validate_experiment(doc, operators=runtime.operators,
-                               segment_keys=flag_store.segment_keys(session),
-                               flag_variants=_flag_variants(session, doc["flag"]))
+    canonical = validate_experiment(doc, operators=runtime.operators,
+                                    segment_keys=flag_store.segment_keys(session),
+                                    flag_variants=_flag_variants(session, doc["flag"]))
+    _check_metrics(session, canonical)
+    return canonical
+
+
+def _check_metrics(session: Session, doc: dict[str, Any]) -> None:
+    """Referenced metrics must exist; their rows are share-locked so that a concurrent
+    delete of one waits for this write and then sees the reference (PostgreSQL)."""
+    from flagship.experiments.metrics import MetricRecord
+
+    named = [(f"success_metrics.{i}", key) for i, key in enumerate(doc["success_metrics"])]
+    named += [(f"guardrail_metrics.{i}.metric", g["metric"]) for i, g in enumerate(doc["guardrail_metrics"])]
+    if not named:
+        return
+    query = sa.select(MetricRecord.key).where(MetricRecord.key.in_([key for _, key in named]))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    found = set(session.execute(query).scalars())
+    for field, key in named:
+        if key not in found:
+            raise ValidationError(f"no metric {key!r}: create it under /api/v1/metrics first", field=field)
 
 
 # -- experiments: configuration ---------------------------------------------------------------
