@@ -7,7 +7,7 @@ from flask.views import MethodView
 
 from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
                           runtime, versioned)
-from flagship.experiments import schemas, service
+from flagship.experiments import layer_service, schemas, service
 from flagship.flags.schemas import RevisionPageSchema
 
 blp = make_blueprint("experiments", "Layers, experiments, lifecycle and assignment")
@@ -20,14 +20,14 @@ class Layers(MethodView):
     @blp.response(200, schemas.LayerSchema(many=True))
     def get(self) -> list[dict[str, Any]]:
         """List layers with their allocation maps"""
-        return service.list_layers(runtime())
+        return layer_service.list_layers(runtime())
 
     @requires("admin")
     @blp.arguments(schemas.LayerCreateSchema)
     @blp.response(201, schemas.LayerSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Create a layer (10,000 buckets hashed with its own salt)"""
-        return versioned(service.create_layer(runtime(), actor(), body), 201)
+        return versioned(layer_service.create_layer(runtime(), actor(), body), 201)
 
 
 @blp.route("/layers/<key>")
@@ -36,7 +36,7 @@ class LayerByKey(MethodView):
     @blp.response(200, schemas.LayerSchema)
     def get(self, key: str) -> Any:
         """A layer: each experiment's bucket ranges, percentage and status, and the free share"""
-        return versioned(service.get_layer(runtime(), key))
+        return versioned(layer_service.get_layer(runtime(), key))
 
     @requires("admin")
     @blp.arguments(schemas.LayerPatchSchema)
@@ -45,13 +45,13 @@ class LayerByKey(MethodView):
         """Rename or describe a layer (the salt only before any experiment ran in it)"""
         version = expected_version(body)
         body.pop("version", None)
-        return versioned(service.update_layer(runtime(), actor(), key, body, version))
+        return versioned(layer_service.update_layer(runtime(), actor(), key, body, version))
 
     @requires("admin")
     @blp.response(204)
     def delete(self, key: str) -> None:
         """Delete a layer; 409 while it holds an active or draft experiment"""
-        service.delete_layer(runtime(), actor(), key)
+        layer_service.delete_layer(runtime(), actor(), key)
 
 
 @blp.route("/experiments")

@@ -1,4 +1,4 @@
-"""Layer and experiment use cases: configuration, lifecycle, bucket claims, release."""
+"""Experiment use cases: configuration, lifecycle, bucket claims, release (layers: layer_service)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -27,103 +27,6 @@ TRANSITIONS = {"start": ("draft",), "pause": ("running",), "resume": ("paused",)
 def _iso(value: datetime | None) -> str | None:
     value = as_utc(value)
     return value.isoformat() if value else None
-
-
-# -- layers ------------------------------------------------------------------------------
-
-def layer_view(record: LayerRecord, experiments: list[ExperimentRecord]) -> dict[str, Any]:
-    """A layer with its allocation map: who owns which buckets, and what is free."""
-    active = [e for e in experiments if e.status in ACTIVE]
-    allocations = [{"experiment": e.key, "status": e.status, "ranges": e.ranges,
-                    "percentage": allocation.size(e.ranges) / 100} for e in active]
-    free = allocation.free_ranges([e.ranges for e in active])
-    return {"key": record.key, "name": record.name, "description": record.description,
-            "salt": record.salt, "version": record.version, "created_at": _iso(record.created_at),
-            "updated_at": _iso(record.updated_at), "updated_by": record.updated_by,
-            "allocations": allocations, "free_ranges": [list(r) for r in free],
-            "free_percentage": allocation.size(free) / 100,
-            "experiments": [{"key": e.key, "status": e.status} for e in experiments]}
-
-
-def _layer_doc(record: LayerRecord) -> dict[str, Any]:
-    return {"key": record.key, "name": record.name, "description": record.description,
-            "salt": record.salt}
-
-
-def _require_layer(session: Session, key: str) -> LayerRecord:
-    record = store.get_layer(session, key)
-    if record is None:
-        raise NotFoundError(f"layer {key!r} not found")
-    return record
-
-
-def list_layers(runtime: Runtime) -> list[dict[str, Any]]:
-    with runtime.db.session() as session:
-        return [layer_view(r, list(store.experiments_in_layer(session, r.key)))
-                for r in store.layers(session)]
-
-
-def get_layer(runtime: Runtime, key: str) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        record = _require_layer(session, key)
-        return layer_view(record, list(store.experiments_in_layer(session, key)))
-
-
-def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
-    try:
-        with runtime.change(actor) as tx:
-            if store.get_layer(tx.session, doc["key"]) is not None:
-                raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]})
-            record = LayerRecord(key=doc["key"], name=doc.get("name") or doc["key"],
-                                 description=doc.get("description", ""),
-                                 salt=doc.get("salt") or doc["key"], version=1,
-                                 created_at=tx.now, updated_at=tx.now, updated_by=actor)
-            tx.session.add(record)
-            tx.session.flush()
-            tx.audit("layer.create", "layer", record.key, None, _layer_doc(record))
-            bump_snapshot_revision(tx.session)
-    except IntegrityError:
-        raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]}) from None
-    return layer_view(record, [])
-
-
-def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
-                 expected: int | None) -> dict[str, Any]:
-    """Change name/description; the salt only while no experiment ever used the layer."""
-    with runtime.change(actor) as tx:
-        record = _require_layer(tx.session, key)
-        flags.check_version(record.version, expected, "layer", key)
-        experiments = list(store.experiments_in_layer(tx.session, key))
-        if "salt" in patch and patch["salt"] != record.salt and any(
-                e.status != "draft" for e in experiments):
-            raise ConflictError("the salt of a layer that has run experiments cannot change: "
-                                "it would reshuffle every unit", {"salt": ["in use"]})
-        before = _layer_doc(record)
-        for name in ("name", "description", "salt"):
-            if name in patch:
-                setattr(record, name, patch[name])
-        record.version += 1
-        record.updated_at, record.updated_by = tx.now, actor
-        tx.audit("layer.update", "layer", key, before, _layer_doc(record))
-        bump_snapshot_revision(tx.session)
-        return layer_view(record, experiments)
-
-
-def delete_layer(runtime: Runtime, actor: str, key: str) -> None:
-    with runtime.change(actor) as tx:
-        record = _require_layer(tx.session, key)
-        experiments = list(store.experiments_in_layer(tx.session, key))
-        active = [e.key for e in experiments if e.status in ACTIVE]
-        if active:
-            raise ConflictError(f"layer {key!r} holds active experiments: {', '.join(active)}",
-                                {"experiments": active})
-        drafts = [e.key for e in experiments if e.status == "draft"]
-        if drafts:
-            raise ConflictError(f"layer {key!r} holds draft experiments: {', '.join(drafts)}; "
-                                "move or delete them first", {"experiments": drafts})
-        tx.audit("layer.delete", "layer", key, _layer_doc(record), None)
-        tx.session.delete(record)
-        bump_snapshot_revision(tx.session)
 
 
 # -- experiments: views and revisions ---------------------------------------------------------
