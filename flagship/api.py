@@ -81,8 +81,41 @@ def init_api(app: Flask) -> Api:
     )
     api = FlagshipApi(app)
     app.register_error_handler(FlagshipError, _handle_flagship_error)
+    app.before_request(_reject_nul_characters)
     app.add_url_rule("/api/docs/assets/<path:filename>", "docs_assets", _docs_asset)
     return api
+
+
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first string (or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        child = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return child
+        found = _nul_path(item, child)
+        if found:
+            return found
+    return None
+
+
+def _reject_nul_characters() -> None:
+    # PostgreSQL text cannot hold NUL; refuse it up front with a 422 instead of failing in
+    # the database. Event ingestion checks its own fields (and sets its own size limit).
+    if request.method not in ("POST", "PUT", "PATCH") or not request.is_json:
+        return
+    if request.path.startswith("/api/v1/experiments/events"):
+        return
+    field = _nul_path(request.get_json(silent=True))
+    if field is not None:
+        raise ValidationError("text must not contain NUL characters", field=field)
 
 
 def _docs_asset(filename: str) -> Any:

@@ -219,3 +219,31 @@ def test_concurrent_rounds_and_ingestion_count_every_pair_once(setup):
             worker.join()
     assert not errors, errors
     check(setup, exposures, events)
+
+
+def _patch(client, admin, body):
+    version = client.get(V + "/experiments/exp", headers=admin).json["version"]
+    response = client.patch(V + "/experiments/exp", json={"version": version, **body}, headers=admin)
+    assert response.status_code == 200, response.json
+
+
+def test_metrics_emptied_and_restored_lose_nothing(setup, client, admin):
+    exposures, events = generate(seed=5, units=80)
+    half = len(events) // 2
+    _patch(client, admin, {"success_metrics": [], "guardrail_metrics": []})
+    send(setup, exposures, events[:half])
+    aggregate.catch_up(setup.db)   # folded in while the experiment counted nothing
+    send(setup, {}, events[half:])
+    _patch(client, admin, {"success_metrics": [m["key"] for m in METRICS[:4]],
+                           "guardrail_metrics": [{"metric": "rev-per-visit", "margin": 0.05},
+                                                 {"metric": "revenue-w"}]})
+    check(setup, exposures, events)
+
+
+def test_a_changed_window_is_rebuilt(setup, client, admin):
+    exposures, events = generate(seed=9, units=80)
+    _patch(client, admin, {"end_at": (T0 + timedelta(hours=6)).isoformat()})
+    send(setup, exposures, events)
+    aggregate.catch_up(setup.db)
+    _patch(client, admin, {"end_at": (T0 + timedelta(days=2)).isoformat()})
+    check(setup, exposures, events)  # events after the old end now count

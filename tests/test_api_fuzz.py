@@ -73,3 +73,38 @@ def test_no_write_endpoint_answers_500(client, admin, body):
         response = getattr(client, method)(path, data=json.dumps(body),
                                            headers={**admin, "Content-Type": "application/json"})
         assert response.status_code < 500, (path, body, response.get_json(silent=True))
+
+
+def test_review_findings_are_4xx_not_500(client, admin):
+    """Inputs a review found to crash the server (overflows, NUL characters, huge weights)."""
+    huge = int("9" * 401)
+    cases = [
+        ("/api/v1/experiments/events", {"unit": huge, "event": "x"}, 422),  # 401 digits > 256
+        ("/api/v1/experiments/events", {"unit": "u", "event": "x", "value": huge}, 422),
+        ("/api/v1/experiments/events", {"unit": "u", "event": "x", "timestamp": "0001-01-01T00:00:00+14:00"}, 422),
+        ("/api/v1/experiments/events", {"unit": "a\x00b", "event": "x"}, 422),
+        ("/api/v1/layers", {"key": "l1", "name": "x\x00"}, 422),
+        ("/api/v1/keys", {"name": "k\x00", "scope": "sdk"}, 422),
+    ]
+    for path, body, status in cases:
+        response = client.post(path, json=body, headers=admin)
+        assert response.status_code == status, (path, body, response.get_json(silent=True))
+    batch = client.post("/api/v1/experiments/events/batch", json=[
+        {"unit": "ok", "event": "x"}, {"unit": "u", "event": "x", "value": huge},
+        {"unit": "a\x00", "event": "x"}], headers=admin).json
+    assert batch["accepted"] == 1 and [r["index"] for r in batch["rejected"]] == [1, 2]
+    client.post("/api/v1/layers", json={"key": "main"}, headers=admin)
+    bad_window = client.post("/api/v1/experiments", json={
+        "key": "e", "flag": "f", "layer": "main", "start_at": "0001-01-01T00:00:00+01:00",
+        "variants": [{"variant": "a", "value": 1, "is_control": True}, {"variant": "b", "value": 2}]},
+        headers=admin)
+    assert bad_window.status_code == 422 and "start_at" in str(bad_window.json["errors"])
+    heavy = client.post("/api/v1/experiments", json={
+        "key": "w", "flag": "g", "layer": "main",
+        "variants": [{"variant": "a", "value": 1, "is_control": True, "weight": 1e308},
+                     {"variant": "b", "value": 2, "weight": 1e308}]}, headers=admin)
+    assert heavy.status_code == 422 and "weight" in str(heavy.json["errors"])
+    ratio = client.post("/api/v1/metrics", json={"key": "r", "event": "a", "kind": "ratio",
+                                                  "denominator_event": "b", "winsorize_percentile": 99},
+                        headers=admin)
+    assert ratio.status_code == 422 and "winsorize_percentile" in str(ratio.json["errors"])

@@ -70,8 +70,12 @@ class Plan:
 
     @property
     def signature(self) -> str:
-        return "|".join(f"{m.key}:{m.event}:{m.kind}:{m.denominator_event or ''}"
-                        for m in sorted(self.metrics, key=lambda m: m.key))
+        """What the unit rows depend on: the metric definitions and the window (a changed
+        window re-admits or drops events, so it rebuilds too)."""
+        metrics = "|".join(f"{m.key}:{m.event}:{m.kind}:{m.denominator_event or ''}"
+                           for m in sorted(self.metrics, key=lambda m: m.key))
+        end = self.end.isoformat() if self.end else ""
+        return f"{self.start.isoformat()}..{end};{metrics}"
 
 
 def _utc(value: Any) -> Any:
@@ -94,8 +98,9 @@ def _plans(conn: sa.Connection) -> dict[str, Plan]:
         starts = [t for t in (_utc(record.started_at), _utc(doc.get("start_at"))) if t]
         ends = [t for t in (_utc(record.ended_at), _utc(doc.get("end_at"))) if t]
         chosen = tuple(metrics[k] for k in _metric_keys(doc) if k in metrics)
-        if chosen:
-            plans[record.key] = Plan(record.key, max(starts), min(ends) if ends else None, chosen)
+        # a plan even without metrics: its signature records that nothing was counted, so
+        # metrics added later are rebuilt from history instead of starting from now
+        plans[record.key] = Plan(record.key, max(starts), min(ends) if ends else None, chosen)
     return plans
 
 

@@ -50,10 +50,15 @@ def _text(item: Mapping[str, Any], name: str, errors: Errors, limit: int,
         if required:
             errors[name] = ["required"]
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and name == "unit":
-        value = str(int(value)) if float(value).is_integer() else repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and name == "unit":
+        value = str(value)  # as the evaluator hashes numeric keys
+    elif isinstance(value, float) and name == "unit" and math.isfinite(value):
+        value = str(int(value)) if value.is_integer() else repr(value)
     if not isinstance(value, str) or not value or len(value) > limit:
         errors[name] = [f"must be a string of 1 to {limit} characters"]
+        return None
+    if "\x00" in value:
+        errors[name] = ["must not contain NUL characters"]
         return None
     return value
 
@@ -62,10 +67,14 @@ def _value(item: Mapping[str, Any], errors: Errors) -> float:
     value = item.get("value", 1)
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else None
+    except OverflowError:  # an integer beyond the float range
+        number = None
+    if number is None or not math.isfinite(number):
         errors["value"] = ["must be a finite number"]
         return 0.0
-    return float(value)
+    return number
 
 
 def _timestamp(item: Mapping[str, Any], now: datetime, bounds: Bounds, errors: Errors) -> datetime:
@@ -81,11 +90,16 @@ def _timestamp(item: Mapping[str, Any], now: datetime, bounds: Bounds, errors: E
         return now
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    try:
+        parsed = parsed.astimezone(timezone.utc)
+    except OverflowError:  # year 1 or 9999 pushed out of range by its offset
+        errors["timestamp"] = ["is outside the supported range of datetimes"]
+        return now
     if parsed > now + bounds.max_future:
         errors["timestamp"] = [f"is more than {bounds.max_future} in the future"]
     elif parsed < now - bounds.max_past:
         errors["timestamp"] = [f"is more than {bounds.max_past.days} days in the past"]
-    return parsed.astimezone(timezone.utc)
+    return parsed
 
 
 def _properties(item: Mapping[str, Any], errors: Errors) -> Mapping[str, Any] | None:

@@ -106,6 +106,9 @@ def _check_winsorize(value: Any, kind: str) -> None:
     if kind == "conversion":
         raise ValidationError("a conversion metric is 0 or 1 per unit: there is nothing to cap",
                               field="winsorize_percentile")
+    if kind == "ratio":
+        raise ValidationError("capping a ratio's numerator alone would bias the ratio; winsorize "
+                              "sum, mean or count metrics", field="winsorize_percentile")
 
 
 def validate_metric(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,12 +56,14 @@ def _cuped(metric: Metric, stats: dict[str, VariantStats]) -> dict[str, Any] | N
     return {"theta": adjusted.theta, "variants": variants}
 
 
-def _planning(metric: Metric, a: VariantStats, b: VariantStats, diff: float, alpha: float,
-              target_power: float, k: int) -> dict[str, Any]:
+def _planning(metric: Metric, a: VariantStats, b: VariantStats, diff: float, se: float,
+              alpha: float, target_power: float, k: int) -> dict[str, Any]:
     """Power achieved for the observed effect, and the control units still needed."""
     try:
         if metric.kind == "conversion":
             design = {"baseline": a.mean, "target": b.mean}
+        elif metric.kind == "ratio":  # the delta-method se, as a per-unit standard deviation
+            design = {"effect_size": abs(diff) / (se / math.sqrt(1 / a.n + 1 / b.n))}
         else:
             sd = math.sqrt((a.variance + b.variance) / 2)
             design = {"effect_size": abs(diff) / sd}
@@ -83,7 +85,10 @@ def _compare(metric: Metric, a: VariantStats, b: VariantStats, doc: dict[str, An
         return {"variant": b.variant, "error": f"not estimable: {getattr(exc, 'message', exc)}"}
     r, se = est["result"], est["se"]
     planned = max(doc.get("minimum_sample_size") or 0, a.n, 2)
-    horizon_var = (a.variance + b.variance) / planned if metric.kind != "ratio" else se * se
+    # the difference's variance expected at the planned sample size (the mSPRT's tau^2
+    # is fixed from it); for ratios, the delta-method variance scaled to that size
+    horizon_var = ((a.variance + b.variance) / planned if metric.kind != "ratio"
+                   else se * se * a.n / planned)
     out = {"variant": b.variant, "test": est["test"], "difference": r.difference,
            "ci": _interval(r.ci), "relative_lift": r.relative_lift,
            "relative_ci": _interval(r.relative_ci) if r.relative_ci else None,
@@ -98,7 +103,7 @@ def _compare(metric: Metric, a: VariantStats, b: VariantStats, doc: dict[str, An
     if cuped is not None:
         out["cuped"] = {"theta": cuped["theta"],
                         "variance_reduction": cuped["variants"][b.variant].variance_reduction}
-    out.update(_planning(metric, a, b, r.difference, alpha, doc.get("power", 0.8), k))
+    out.update(_planning(metric, a, b, r.difference, se, alpha, doc.get("power", 0.8), k))
     return out
 
 

@@ -37,8 +37,8 @@ def _variants(raw: list[dict[str, Any]], flag_variants: Mapping[str, Any] | None
         if not KEY_PATTERN.fullmatch(v["variant"]):
             _fail(f"variants.{i}.variant", "must be letters, digits, '_', '.' or '-'")
         weight = float(v.get("weight", 1))
-        if not weight > 0:
-            _fail(f"variants.{i}.weight", "must be greater than 0")
+        if not 0 < weight <= 1_000_000:
+            _fail(f"variants.{i}.weight", "must be greater than 0 and at most 1,000,000 (weights are relative)")
         if flag_variants is not None and v["variant"] not in flag_variants:
             _fail(f"variants.{i}.variant",
                   f"the flag has no variant {v['variant']!r}; it has {', '.join(flag_variants)}")
@@ -62,7 +62,10 @@ def _instant(value: Any, field: str) -> str | None:
             _fail(field, f"must be an ISO-8601 datetime, got {value!r}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).isoformat()
+    try:
+        return parsed.astimezone(timezone.utc).isoformat()
+    except OverflowError:
+        _fail(field, "is outside the supported range of datetimes")
 
 
 def _window(doc: dict[str, Any]) -> None:

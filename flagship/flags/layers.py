@@ -15,6 +15,7 @@ experiment of the same layer is never enrolled in this one.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -147,10 +148,14 @@ def owner_table(experiments: list[ExperimentSpec]) -> list[str | None]:
 
 def variant_cutoffs(variants: tuple[VariantWeight, ...]) -> list[int]:
     """Cumulative bucket boundaries of the variants (weights normalised to 10,000)."""
-    total = sum(max(v.weight, 0.0) for v in variants) or 1.0
+    # scale by the largest weight first: a snapshot from elsewhere may carry huge weights
+    # whose sum overflows to infinity
+    largest = max((v.weight for v in variants if math.isfinite(v.weight)), default=1.0) or 1.0
+    weights = [max(v.weight, 0.0) / largest if math.isfinite(v.weight) else 1.0 for v in variants]
+    total = sum(weights) or 1.0
     cutoffs, running = [], 0.0
-    for v in variants:
-        running += max(v.weight, 0.0)
+    for weight in weights:
+        running += weight
         cutoffs.append(int(round(running / total * BUCKETS)))
     if cutoffs:
         cutoffs[-1] = BUCKETS
