@@ -301,11 +301,11 @@ def _unit_rows(conn: sa.Connection, key: str, metric: Metric) -> Iterator[dict[s
 
     from flagship.experiments.aggregate import COUNTERS, UnitMetricRecord
     # the analysis' own per-kind formulas, so the file cannot drift from the results
-    from flagship.experiments.analysis import _value_columns
+    from flagship.experiments.analysis import value_columns
     from flagship.experiments.sticky import ExposureRecord
 
     x, t = ExposureRecord.__table__, UnitMetricRecord.__table__
-    value, pre_value = _value_columns(metric, t)
+    value, pre_value = value_columns(metric, t)
     zero = sa.func.coalesce
     joined = x.outerjoin(t, sa.and_(t.c.experiment_key == x.c.experiment_key,
                                     t.c.metric_key == metric.key, t.c.unit == x.c.unit))

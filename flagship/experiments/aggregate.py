@@ -89,7 +89,7 @@ def _utc(value: Any) -> Any:
 def _plans(conn: sa.Connection) -> dict[str, Plan]:
     table = ExperimentRecord.__table__
     records = conn.execute(sa.select(table).where(table.c.started_at.is_not(None))).all()
-    wanted = {k for r in records for k in _metric_keys(r.document)}
+    wanted = {k for r in records for k in metric_keys(r.document)}
     with sa.orm.Session(bind=conn) as session:
         metrics = metrics_by_key(session, wanted)
     plans = {}
@@ -97,14 +97,15 @@ def _plans(conn: sa.Connection) -> dict[str, Plan]:
         doc = record.document
         starts = [t for t in (_utc(record.started_at), _utc(doc.get("start_at"))) if t]
         ends = [t for t in (_utc(record.ended_at), _utc(doc.get("end_at"))) if t]
-        chosen = tuple(metrics[k] for k in _metric_keys(doc) if k in metrics)
+        chosen = tuple(metrics[k] for k in metric_keys(doc) if k in metrics)
         # a plan even without metrics: its signature records that nothing was counted, so
         # metrics added later are rebuilt from history instead of starting from now
         plans[record.key] = Plan(record.key, max(starts), min(ends) if ends else None, chosen)
     return plans
 
 
-def _metric_keys(doc: dict[str, Any]) -> list[str]:
+def metric_keys(doc: dict[str, Any]) -> list[str]:
+    """Success then guardrail metric keys of an experiment document, without repeats."""
     keys = list(doc.get("success_metrics", [])) + [g["metric"] for g in doc.get("guardrail_metrics", [])]
     return list(dict.fromkeys(keys))
 

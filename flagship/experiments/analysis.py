@@ -53,7 +53,7 @@ def exposure_counts(conn: sa.Connection, experiment: str) -> dict[str, int]:
     return {variant: int(count) for variant, count in rows}
 
 
-def _value_columns(metric: Metric, table: sa.Table) -> tuple[Any, Any]:
+def value_columns(metric: Metric, table: sa.Table) -> tuple[Any, Any]:
     """SQL expressions of a unit's value y and pre-exposure value x for the metric kind."""
     c = table.c
     zero = sa.literal(0.0)
@@ -90,7 +90,7 @@ def scan_variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
                        counts: dict[str, int]) -> dict[str, VariantStats]:
     """The same sums computed by scanning the unit rows (the reference the sums must equal)."""
     t = UnitMetricRecord.__table__
-    y, x = _value_columns(metric, t)
+    y, x = value_columns(metric, t)
     den = t.c.den_sum
     rows = conn.execute(sa.select(
         t.c.variant, sa.func.sum(y), sa.func.sum(y * y), sa.func.sum(x), sa.func.sum(x * x),
@@ -105,7 +105,7 @@ def scan_variant_stats(conn: sa.Connection, experiment: str, metric: Metric,
 def unit_values(conn: sa.Connection, experiment: str, metric: Metric) -> dict[str, tuple[str, float, float]]:
     """unit -> (variant, y, x) for units with any event (others are all zeros)."""
     t = UnitMetricRecord.__table__
-    y, x = _value_columns(metric, t)
+    y, x = value_columns(metric, t)
     rows = conn.execute(sa.select(t.c.unit, t.c.variant, y, x).where(
         t.c.experiment_key == experiment, t.c.metric_key == metric.key))
     return {row[0]: (row[1], float(row[2]), float(row[3])) for row in rows}

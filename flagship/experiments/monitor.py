@@ -52,7 +52,7 @@ def monitor(runtime: Runtime, key: str) -> dict[str, Any]:
             raise NotFoundError(f"experiment {key!r} not found")
         doc = record.document
         names = [v["variant"] for v in doc["variants"]]
-        keys = aggregate._metric_keys(doc)
+        keys = aggregate.metric_keys(doc)
         metrics = metrics_by_key(session, keys)
         conn = session.connection()
         counts = analysis.exposure_counts(conn, key)

@@ -133,7 +133,7 @@ def _load(runtime: Runtime, key: str) -> tuple[ExperimentRecord, dict[str, Metri
         record = session.execute(sa.select(ExperimentRecord).where(ExperimentRecord.key == key)).scalar_one_or_none()
         if record is None:
             raise NotFoundError(f"experiment {key!r} not found")
-        metrics = metrics_by_key(session, aggregate._metric_keys(record.document))
+        metrics = metrics_by_key(session, aggregate.metric_keys(record.document))
         conn = session.connection()
         names = [v["variant"] for v in record.document["variants"]]
         counts = analysis.exposure_counts(conn, key)
