@@ -109,6 +109,19 @@ def sdk(runtime: Any) -> dict[str, str]:
 
 
 @pytest.fixture
+def api(client: Any, admin: dict[str, str]) -> Any:
+    """Call `/api/v1` as admin; assert the status; return the JSON body."""
+    def call(method: str, path: str, body: Any = None, status: int = 200,
+             headers: dict[str, str] | None = None) -> Any:
+        response = getattr(client, method)("/api/v1" + path, json=body,
+                                           headers={**admin, **(headers or {})})
+        payload = response.get_json(silent=True)
+        assert response.status_code == status, (method, path, response.status_code, payload)
+        return payload
+    return call
+
+
+@pytest.fixture
 def runner(app: Any) -> Any:
     return app.test_cli_runner()
 

@@ -3,22 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 
 from tests.conftest import boolean_flag
 
 V = "/api/v1"
-
-
-@pytest.fixture
-def api(client, admin):
-    """Call the API as admin; assert the status; return the JSON body."""
-    def call(method, path, body=None, status=200, headers=None):
-        response = getattr(client, method)(V + path, json=body, headers={**admin, **(headers or {})})
-        body = response.get_json(silent=True)
-        assert response.status_code == status, (method, path, response.status_code, body)
-        return body
-    return call
 
 
 def colour_flag(api):

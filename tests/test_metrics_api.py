@@ -6,17 +6,6 @@ import pytest
 V = "/api/v1"
 
 
-@pytest.fixture
-def api(client, admin):
-    """Call the API as admin; assert the status; return the JSON body."""
-    def call(method, path, body=None, status=200, headers=None):
-        response = getattr(client, method)(V + path, json=body, headers={**admin, **(headers or {})})
-        body = response.get_json(silent=True)
-        assert response.status_code == status, (method, path, response.status_code, body)
-        return body
-    return call
-
-
 def metric(key="revenue", event="purchase", kind="sum", **extra):
     return {"key": key, "event": event, "kind": kind, **extra}
 
