@@ -110,7 +110,7 @@ def sufficient_statistics(units: int = 1_000_000) -> None:
     """Fill exposures and unit_metrics for one experiment, then time variant_stats for 3 metrics."""
     from flagship.db import upgrade
     from flagship.experiments.analysis import exposure_counts, scan_variant_stats, variant_stats
-    from flagship.experiments.sums import SUMS, VariantSumsRecord
+    from flagship.experiments.store.sums import SUMS, VariantSumsRecord
     from flagship.experiments.metrics import Metric
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,10 +28,10 @@ METRICS = [{"key": "converted", "event": "purchase", "kind": "conversion"},
 
 
 def populate(app, units: int) -> None:
-    from flagship.experiments import aggregate
+    from flagship.experiments.store import aggregates as aggregate
     from flagship.experiments.analysis import exposure_counts, scan_variant_stats
     from flagship.experiments.metrics import metrics_by_key
-    from flagship.experiments.sums import SUMS, VariantSumsRecord
+    from flagship.experiments.store.sums import SUMS, VariantSumsRecord
 
     client = app.test_client()
     for metric in METRICS:

@@ -60,12 +60,8 @@ class Audit(MethodView):
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The audit log, newest first, filtered by actor, action, target or time"""
-        page, per_page = args.pop("page"), args.pop("per_page")
-        with runtime().db.session() as session:
-            rows, total = audit.list_audit(session, offset=(page - 1) * per_page, limit=per_page,
-                                           **args)
-            items = [audit.audit_to_dict(row) for row in rows]
-        return page_body(items, total, page, per_page)
+        items, total = audit.list_audit(runtime(), **args)
+        return page_body(items, total, args["page"], args["per_page"])
 
 
 @blp.route("/keys")

@@ -3,33 +3,47 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
-from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
-import sqlalchemy as sa
-from sqlmodel import Column, Field, SQLModel
-
+from flagship import store
 from flagship.db import as_utc
 from flagship.errors import ConflictError, NotFoundError, ValidationError
 from flagship.runtime import Runtime
+from flagship.store import ApiKeyRecord
 
 SCOPES = ("admin", "sdk")
 KEY_PREFIX = "fsk"
+KEY_CACHE_SECONDS = 1.0
 
 
-class ApiKeyRecord(SQLModel, table=True):
-    """An API key; only the SHA-256 of the secret is stored."""
+class KeyCache:
+    """Verified keys, remembered for one second per process.
 
-    __tablename__ = "api_keys"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    name: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
-    scope: str
-    prefix: str  # first characters of the key, to recognise it in listings
-    key_hash: str = Field(sa_column=Column(sa.String(64), unique=True, nullable=False))
-    created_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
-    created_by: str
-    revoked_at: Optional[datetime] = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
+    A key lookup was a third of the cost of a single-event request. Revoking in this
+    process clears the cache at once; another process's revocation takes effect within
+    `KEY_CACHE_SECONDS`.
+    """
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS, limit: int = 10_000) -> None:
+        self.ttl, self.limit = ttl, limit
+        self._hits: dict[str, tuple[float, tuple[str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[str, str] | None:
+        hit = self._hits.get(digest)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, digest: str, found: tuple[str, str]) -> None:
+        with self._lock:
+            if len(self._hits) > self.limit:  # bounded: many distinct keys just means more lookups
+                self._hits.clear()
+            self._hits[digest] = (time.monotonic() + self.ttl, found)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._hits.clear()
 
 
 def hash_key(secret: str) -> str:
@@ -53,9 +67,7 @@ def create_key(runtime: Runtime, actor: str, name: str, scope: str,
         raise ValidationError("must be 1 to 128 characters", field="name")
     secret = secret or f"{KEY_PREFIX}_{scope}_{secrets.token_urlsafe(24)}"
     with runtime.change(actor) as tx:
-        exists = tx.session.execute(
-            sa.select(ApiKeyRecord.id).where(ApiKeyRecord.name == name)).first()
-        if exists:
+        if store.get_key(tx.session, name) is not None:
             raise ConflictError(f"an API key named {name!r} already exists")
         record = ApiKeyRecord(name=name, scope=scope, prefix=secret[:12], key_hash=hash_key(secret),
                               created_at=tx.now, created_by=actor)
@@ -65,65 +77,49 @@ def create_key(runtime: Runtime, actor: str, name: str, scope: str,
     return secret
 
 
+def get_key(runtime: Runtime, name: str) -> dict[str, Any]:
+    """One key's public view, or NotFoundError."""
+    with runtime.db.session() as session:
+        record = store.get_key(session, name)
+        if record is None:
+            raise NotFoundError(f"no API key named {name!r}")
+        return key_to_dict(record)
+
+
 def list_keys(runtime: Runtime) -> list[dict[str, Any]]:
     """Every key, revoked ones included, oldest first."""
     with runtime.db.session() as session:
-        rows = session.execute(sa.select(ApiKeyRecord).order_by(ApiKeyRecord.id)).scalars().all()
-        return [key_to_dict(row) for row in rows]
+        return [key_to_dict(row) for row in store.all_keys(session)]
 
 
 def revoke_key(runtime: Runtime, actor: str, name: str) -> dict[str, Any]:
     """Revoke a key by name; it stops working at once."""
     with runtime.change(actor) as tx:
-        record = tx.session.execute(
-            sa.select(ApiKeyRecord).where(ApiKeyRecord.name == name)).scalar_one_or_none()
+        record = store.get_key(tx.session, name)
         if record is None:
             raise NotFoundError(f"no API key named {name!r}")
         before = key_to_dict(record)
         if record.revoked_at is None:
             record.revoked_at = tx.now
             tx.audit("api_key.revoke", "api_key", name, before, key_to_dict(record))
-        runtime.caches.pop("api_keys", None)
+        runtime.keys.clear()
         return key_to_dict(record)
 
 
-KEY_CACHE_SECONDS = 1.0
-
-
 def verify_key(runtime: Runtime, secret: str) -> tuple[str, str] | None:
-    """(name, scope) of the live key with this secret, or None.
-
-    A successful lookup is cached for one second per process: it was a third of the
-    cost of a single-event request. Revoking in this process clears the cache at once;
-    another process's revocation takes effect within the second.
-    """
+    """(name, scope) of the live key with this secret, or None (cached; see KeyCache)."""
     digest = hash_key(secret)
-    cache: dict[str, tuple[float, tuple[str, str]]] = runtime.caches.setdefault("api_keys", {})
-    hit = cache.get(digest)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    found = _lookup(runtime, digest)
+    found = runtime.keys.get(digest)
     if found is not None:
-        if len(cache) > 10_000:  # bounded: many distinct keys just means more lookups
-            cache.clear()
-        cache[digest] = (now + KEY_CACHE_SECONDS, found)
-    return found
-
-
-def _lookup(runtime: Runtime, digest: str) -> tuple[str, str] | None:
+        return found
     with runtime.db.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(ApiKeyRecord.name, ApiKeyRecord.scope)
-            .where(ApiKeyRecord.key_hash == digest, ApiKeyRecord.revoked_at.is_(None))
-        ).first()
-    return (row[0], row[1]) if row else None
+        found = store.live_key(conn, digest)
+    if found is not None:
+        runtime.keys.put(digest, found)
+    return found
 
 
 def count_live_keys(runtime: Runtime, scope: str | None = None) -> int:
     """How many unrevoked keys exist (optionally of one scope)."""
-    query = sa.select(sa.func.count(ApiKeyRecord.id)).where(ApiKeyRecord.revoked_at.is_(None))
-    if scope:
-        query = query.where(ApiKeyRecord.scope == scope)
     with runtime.db.session() as session:
-        return int(session.execute(query).scalar_one())
+        return store.count_live_keys(session, scope)

@@ -1,17 +1,32 @@
-"""The per-app runtime that services work against: store, plugins, caches, clock."""
+"""The runtime every front door (HTTP, UI, jobs, CLI) works against, and `make_runtime`.
+
+`make_runtime(settings)` builds the store, the plugin manager, the operator table, the
+compiled-snapshot cache, the sticky-assignment store and the evaluator, with nothing
+from Flask: the CLI and the job workers use it directly, `create_app` wraps one. It
+starts no threads; periodic work is started by `flagship serve` / `flagship worker`
+through `flagship.jobs`.
+"""
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import pluggy
 from sqlalchemy.orm import Session
 
-from flagship.audit import AuditRecord, audit_to_dict
 from flagship.db import Database, utcnow
+from flagship.store import AuditRecord, audit_to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pluggy
+
+    from flagship.auth import KeyCache
+    from flagship.experiments.assignment import AssignmentStore
+    from flagship.flags.operators import Operator
+    from flagship.serving.cache import SnapshotCache
+    from flagship.serving.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +51,19 @@ class Tx:
         return record
 
 
-@dataclass
+@dataclass(eq=False)
 class Runtime:
-    """Everything a service call needs; built once per app by `create_app`."""
+    """Everything a service call needs; built once per process by `make_runtime`."""
 
+    config: dict[str, Any]
     db: Database
     plugins: pluggy.PluginManager
-    operators: dict[str, Any]
-    config: dict[str, Any]
+    operators: Mapping[str, Operator]
+    snapshots: SnapshotCache
+    assignments: AssignmentStore
+    evaluator: Evaluator
+    keys: KeyCache
     clock: Callable[[], datetime] = utcnow
-    caches: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def change(self, actor: str) -> Iterator[Tx]:
@@ -63,3 +81,35 @@ class Runtime:
             self.plugins.hook.track_event(event=event)
         except Exception:  # a notifier must never undo or block a committed write
             log.exception("track_event hook failed for %s", event.get("action"))
+
+    def close(self) -> None:
+        """Release connections (a forked child or a finished command)."""
+        self.db.dispose()
+
+
+def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = False) -> Runtime:
+    """Build a runtime from FLAGSHIP_* settings plus `settings` overrides.
+
+    `server` tunes a long-running serving process (background WAL checkpoints, compiled
+    snapshots kept out of GC scans); it starts nothing by itself.
+    """
+    from flagship.auth import KeyCache
+    from flagship.config import load_config
+    from flagship.experiments.store.assignments import make_assignment_store
+    from flagship.plugins import make_plugin_manager, operator_table
+    from flagship.serving.cache import SnapshotCache
+    from flagship.serving.evaluator import Evaluator
+
+    config = load_config(settings)
+    plugins = make_plugin_manager(config["PLUGINS"].split(","),
+                                  entry_points=config.get("ENTRY_POINTS", True))
+    operators = operator_table(plugins)
+    db = Database(config["DATABASE_URL"], background_checkpoint=server)
+    snapshots = SnapshotCache(db, operators, settle_gc=server)
+    assignments = make_assignment_store(db, config["REDIS_URL"])
+    runtime = Runtime(config=config, db=db, plugins=plugins, operators=operators,
+                      snapshots=snapshots, assignments=assignments,
+                      evaluator=Evaluator(snapshots, assignments, utcnow), keys=KeyCache())
+    # the evaluator reads runtime.clock at call time, so tests (and jobs) can move the clock
+    runtime.evaluator.clock = lambda: runtime.clock()
+    return runtime

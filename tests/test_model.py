@@ -98,7 +98,7 @@ def test_segment_round_trip_and_defaults() -> None:
 
 
 def test_rule_kind_registries_agree() -> None:
-    import flagship.flags.layers  # noqa: F401  (registers experiment and release)
+    import flagship.flags.traffic  # noqa: F401  (registers experiment and release)
 
     assert set(model.RULE_KINDS) == set(evaluate.RULE_COMPILERS) == {
         "force", "rollout", "experiment", "release"}

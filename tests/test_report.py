@@ -15,7 +15,7 @@ import pytest
 
 from flagship.experiments import report
 from flagship.experiments.ingest import ingest
-from flagship.experiments.report_api import blp
+from flagship.experiments.api.reports import blp
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 V = "/api/v1"

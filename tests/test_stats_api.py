@@ -12,7 +12,7 @@ from statsmodels.stats.power import NormalIndPower, zt_ind_solve_power
 from statsmodels.stats.proportion import proportion_effectsize
 
 from flagship.experiments import stats
-from flagship.experiments.stats_api import blp
+from flagship.experiments.api.calculator import blp
 
 V = "/api/v1/stats"
 CONVERSION = {"metric_type": "conversion", "baseline": 0.1, "mde": 0.01, "mde_type": "absolute"}

@@ -9,8 +9,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from flagship.experiments.assign import Assignment, MemoryAssignments
-from flagship.experiments.sticky import ExposureRecord, RedisAssignments, SqlAssignments
+from flagship.experiments.assignment import Assignment, MemoryAssignments
+from flagship.experiments.store.assignments import ExposureRecord, RedisAssignments, SqlAssignments
 from tests.conftest import make_app
 
 # an index of our own per test process (xdist workers run at once), flushed before and after

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from flagship.experiments import sums
-from flagship.experiments.aggregate import UnitMetricRecord
+from flagship.experiments.store import sums
+from flagship.experiments.store.aggregates import UnitMetricRecord
 from flagship.experiments.metrics import Metric
-from flagship.experiments.sticky import ExposureRecord
+from flagship.experiments.store.assignments import ExposureRecord
 
 
 @dataclass(frozen=True)

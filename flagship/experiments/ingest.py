@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlmodel import JSON, Column, Field, SQLModel
 
 from flagship.experiments.events import EXPOSURE, Bounds, EventIn, parse_event
-from flagship.experiments.sticky import ExposureRecord
+from flagship.experiments.store.assignments import ExposureRecord
 from flagship.runtime import Runtime
 
 
@@ -104,7 +104,7 @@ def _experiments(runtime: Runtime, items: list[Any]) -> Any:
     """Experiment specs, read only when the request carries exposures (they are checked)."""
     if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
         return {}
-    return runtime.caches["evaluator"].snapshots.get().snapshot.experiments
+    return runtime.snapshots.get().snapshot.experiments
 
 
 def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> IngestResult:

@@ -14,7 +14,7 @@ from sqlmodel import Column, Field, SQLModel
 
 from flagship.db import as_utc
 from flagship.errors import ConflictError, NotFoundError, ValidationError
-from flagship.experiments.store import ExperimentRecord
+from flagship.experiments.store.config import ExperimentRecord
 from flagship.flags.model import KEY_PATTERN
 from flagship.flags.service import check_version
 from flagship.runtime import Runtime

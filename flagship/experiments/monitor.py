@@ -7,12 +7,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from flagship.errors import NotFoundError
-from flagship.experiments import aggregate, analysis
+from flagship.experiments import analysis
+from flagship.experiments.store import aggregates as aggregate
 from flagship.experiments.ingest import EventCounterRecord
 from flagship.experiments.metrics import metrics_by_key
 from flagship.experiments.stats import srm_test
-from flagship.experiments.sticky import ExposureRecord
-from flagship.experiments.store import ExperimentRecord
+from flagship.experiments.store.assignments import ExposureRecord
+from flagship.experiments.store.config import ExperimentRecord
 from flagship.runtime import Runtime
 
 

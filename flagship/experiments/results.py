@@ -8,11 +8,12 @@ import sqlalchemy as sa
 from scipy import stats as scipy_stats
 
 from flagship.errors import FlagshipError, NotFoundError
-from flagship.experiments import aggregate, analysis, looks
+from flagship.experiments import analysis, looks
+from flagship.experiments.store import aggregates as aggregate
 from flagship.experiments import stats as engine
 from flagship.experiments.analysis import VariantStats
 from flagship.experiments.metrics import Metric, metrics_by_key
-from flagship.experiments.store import ExperimentRecord
+from flagship.experiments.store.config import ExperimentRecord
 from flagship.runtime import Runtime
 
 

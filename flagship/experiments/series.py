@@ -9,12 +9,13 @@ import numpy as np
 import sqlalchemy as sa
 
 from flagship.errors import NotFoundError
-from flagship.experiments import aggregate, results
+from flagship.experiments import results
+from flagship.experiments.store import aggregates as aggregate
 from flagship.experiments.analysis import VariantStats
 from flagship.experiments.ingest import EventRecord
 from flagship.experiments.metrics import Metric, metrics_by_key
-from flagship.experiments.sticky import ExposureRecord
-from flagship.experiments.store import ExperimentRecord
+from flagship.experiments.store.assignments import ExposureRecord
+from flagship.experiments.store.config import ExperimentRecord
 from flagship.runtime import Runtime
 
 MAX_DAYS = 120

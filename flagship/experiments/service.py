@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from flagship.db import as_utc, bump_snapshot_revision
 from flagship.diff import json_diff
 from flagship.errors import ConflictError, NotFoundError, ValidationError
-from flagship.experiments import allocation, store
-from flagship.experiments.store import ExperimentRecord, ExperimentRevisionRecord, LayerRecord
+from flagship.experiments import allocation
+from flagship.experiments.store import config as store
+from flagship.experiments.store.config import ExperimentRecord, ExperimentRevisionRecord, LayerRecord
 from flagship.experiments.validate import RULE_PREFIX, flag_from_variants, validate_experiment
 from flagship.flags import service as flags
 from flagship.flags import store as flag_store

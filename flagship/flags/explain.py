@@ -22,7 +22,7 @@ from flagship.flags.bucketing import bucket, threshold
 from flagship.flags.evaluate import (
     DEFAULT, DISABLED, ERROR, GENERAL, RULE_COMPILERS, SPLIT, TARGETING_MATCH, UNIT_ATTRIBUTES,
     ConditionFn, EvalState, Evaluation, RuleEnv, compile_condition, invalid_context, unit_key)
-from flagship.flags.layers import ACTIVE, _in_window, pick_variant, variant_cutoffs
+from flagship.flags.traffic import ACTIVE, _in_window, pick_variant, variant_cutoffs
 from flagship.flags.model import Condition, Flag, Rule, Segment, condition_to_dict
 from flagship.flags.operators import Operator
 

@@ -15,7 +15,7 @@ from flagship.flags.evaluate import (
     DEFAULT, DISABLED, ERROR, FLAG_NOT_FOUND, GENERAL, INVALID_CONTEXT, PARSE_ERROR, SPLIT,
     TARGETING_MATCH, TYPE_MISMATCH, EvalState, Evaluation, compile_flag, compile_segment)
 from flagship.flags.explain import checked, explain, not_found
-from flagship.flags.layers import (ExperimentSpec, Layer, compile_extras, experiment_from_dict,
+from flagship.flags.traffic import (ExperimentSpec, Layer, compile_extras, experiment_from_dict,
                                    experiment_to_dict, layer_from_dict, layer_to_dict)
 from flagship.flags.model import (
     Flag, Segment, flag_from_dict, flag_to_dict, segment_from_dict, segment_to_dict)

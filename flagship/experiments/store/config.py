@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import JSON, Column, Field, SQLModel
 
-from flagship.experiments.sticky import ExposureRecord  # noqa: F401  (table registration)
+from flagship.experiments.store.assignments import ExposureRecord  # noqa: F401  (table registration)
 
 
 def _ts(nullable: bool = False, **kwargs: Any) -> Any:

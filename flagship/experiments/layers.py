@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 
 from flagship.db import as_utc, bump_snapshot_revision
 from flagship.errors import ConflictError, NotFoundError
-from flagship.experiments import allocation, store
-from flagship.experiments.store import ExperimentRecord, LayerRecord
+from flagship.experiments import allocation
+from flagship.experiments.store import config as store
+from flagship.experiments.store.config import ExperimentRecord, LayerRecord
 from flagship.flags import service as flags
 from flagship.runtime import Runtime
 

@@ -18,17 +18,17 @@ def _settings(**overrides: Any) -> dict[str, Any]:
         raise click.UsageError(exc.message) from None
 
 
-def _app(**overrides: Any) -> Any:
-    from flagship.app import create_app
+def make_cli_runtime(**overrides: Any) -> Any:
+    """The runtime a command works against (no Flask app): FLAGSHIP_* settings plus overrides."""
+    from flagship.runtime import make_runtime
 
     try:
-        return create_app({k: v for k, v in overrides.items() if v is not None})
+        return make_runtime({k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None
 
 
-def _runtime(**overrides: Any) -> Any:
-    return _app(**overrides).extensions["flagship"]
+_runtime = make_cli_runtime
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,7 +141,7 @@ def ensure_admin_key(runtime: Any, out: Any = sys.stderr) -> str | None:
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the server with gunicorn (migrates first on the embedded SQLite default)."""
     from flagship.db import upgrade
-    from flagship.wsgi import run_gunicorn
+    from flagship.server import run_gunicorn
 
     settings = _settings(HOST=host, PORT=port, WORKERS=workers)
     if settings["DATABASE_URL"].startswith("sqlite"):
@@ -156,8 +156,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 def _register_more_commands() -> None:
-    from flagship.cli_data import events, experiments
-    from flagship.cli_stats import aa_test
+    from flagship.cli.data import events, experiments
+    from flagship.cli.stats import aa_test
 
     main.add_command(events)
     main.add_command(experiments)

@@ -1,4 +1,4 @@
-"""Serving endpoints: evaluation, the SDK snapshot and explain (SDK-scoped reads)."""
+"""HTTP endpoints of serving: evaluation, the SDK snapshot and explain (SDK-scoped reads)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,30 +7,11 @@ from flask import Response, request
 from flask.views import MethodView
 
 from flagship.api import make_blueprint, requires, runtime
-from flagship.evaluation import Evaluator, SnapshotCache
 from flagship.experiments.schemas import ExplainSchema
 from flagship.flags import schemas
+from flagship.serving import service
 
 blp = make_blueprint("serving", "Evaluation, SDK snapshots and explain")
-
-
-def evaluator() -> Evaluator:
-    return runtime().caches["evaluator"]
-
-
-def snapshots() -> SnapshotCache:
-    return evaluator().snapshots
-
-
-def evaluation_body(result: Any) -> dict[str, Any]:
-    """The JSON form of one evaluation in API responses."""
-    out = {"value": result.value, "variant": result.variant, "reason": result.reason,
-           "rule_id": result.rule_id}
-    if result.experiment:
-        out["experiment"] = result.experiment
-    if result.error_code:
-        out["error_code"], out["error_message"] = result.error_code, result.error_message
-    return out
 
 
 @blp.route("/evaluate")
@@ -40,9 +21,9 @@ class Evaluate(MethodView):
     @blp.response(200, schemas.EvaluateResultSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Evaluate the named flags (or all) for one context, honouring sticky assignments"""
-        outcome = evaluator().evaluate(body["context"], body.get("flags"))
+        outcome = service.evaluate(runtime(), body["context"], body.get("flags"))
         return {"revision": outcome.revision,
-                "flags": {key: evaluation_body(r) for key, r in outcome.results.items()}}
+                "flags": {key: service.evaluation_body(r) for key, r in outcome.results.items()}}
 
 
 @blp.route("/sdk/snapshot")
@@ -52,7 +33,7 @@ class SdkSnapshot(MethodView):
     @blp.alt_response(304, description="unchanged since the ETag sent in If-None-Match")
     def get(self) -> Response:
         """Every flag, segment, layer and experiment, for local evaluation (ETag; 304)"""
-        compiled = snapshots().get()
+        compiled = service.snapshot(runtime())
         headers = {"ETag": compiled.etag, "Cache-Control": "no-cache",
                    "X-Flagship-Revision": str(compiled.revision)}
         if compiled.etag in _etags(request.headers.get("If-None-Match", "")):
@@ -71,7 +52,4 @@ class Explain(MethodView):
     @blp.response(200)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Every step of one evaluation with the raw numbers (buckets, owners, sticky records)"""
-        compiled = snapshots().get()
-        state, _ = evaluator().state_for(compiled.snapshot, body["context"])
-        explained = compiled.snapshot.explain(body["flag"], body["context"], state)
-        return {"revision": compiled.revision, **explained}
+        return service.explain(runtime(), body["flag"], body["context"])

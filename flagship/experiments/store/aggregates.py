@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from sqlmodel import Column, Field, SQLModel
 
 from flagship.db import Database
-from flagship.experiments import sums
+from flagship.experiments.store import sums
 from flagship.experiments.ingest import EventRecord
 from flagship.experiments.metrics import Metric, metrics_by_key
-from flagship.experiments.sticky import ExposureRecord
-from flagship.experiments.store import ExperimentRecord
+from flagship.experiments.store.assignments import ExposureRecord
+from flagship.experiments.store.config import ExperimentRecord
 
 CHUNK = 500
 COUNTERS = ("post_sum", "post_count", "den_sum", "den_count", "pre_sum", "pre_count", "pre_den_sum")

@@ -16,7 +16,6 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import click
 
-from flagship.errors import ConfigError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -38,13 +37,10 @@ class Refused(click.ClickException):
 
 
 def _runtime() -> Runtime:
-    """The app runtime from FLAGSHIP_* settings, built as `flagship.cli` builds it."""
-    from flagship.app import create_app
+    """The runtime from FLAGSHIP_* settings, built as the other commands build it."""
+    from flagship.cli import make_cli_runtime
 
-    try:
-        return create_app().extensions["flagship"]
-    except ConfigError as exc:
-        raise click.UsageError(exc.message) from None
+    return make_cli_runtime()
 
 
 # -- events import --------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def _schema() -> dict[str, tuple[dict[str, type], Any, list[tuple[str, str, str]]]]:
     """Output tables: columns, primary key, foreign keys (for Datasette's links)."""
-    from flagship.experiments.aggregate import COUNTERS
+    from flagship.experiments.store.aggregates import COUNTERS
 
     counters: dict[str, type] = {c: int if c.endswith("_count") else float for c in COUNTERS}
     return {
@@ -222,7 +218,7 @@ def _experiment(conn: sa.Connection, key: str) -> Any:
     """The experiment's row, or Refused."""
     import sqlalchemy as sa
 
-    from flagship.experiments.store import ExperimentRecord
+    from flagship.experiments.store.config import ExperimentRecord
 
     table = ExperimentRecord.__table__
     row = conn.execute(sa.select(table).where(table.c.key == key)).first()
@@ -271,7 +267,7 @@ def _stream(conn: sa.Connection, query: Any) -> Any:
 def _assignments(conn: sa.Connection, key: str) -> Iterator[dict[str, Any]]:
     import sqlalchemy as sa
 
-    from flagship.experiments.sticky import ExposureRecord
+    from flagship.experiments.store.assignments import ExposureRecord
 
     x = ExposureRecord.__table__
     query = sa.select(x.c.unit, x.c.variant, x.c.assigned_at).where(x.c.experiment_key == key)
@@ -285,7 +281,7 @@ def _events(conn: sa.Connection, key: str) -> Iterator[dict[str, Any]]:
     import sqlalchemy as sa
 
     from flagship.experiments.ingest import EventRecord
-    from flagship.experiments.sticky import ExposureRecord
+    from flagship.experiments.store.assignments import ExposureRecord
 
     e, x = EventRecord.__table__, ExposureRecord.__table__
     query = (sa.select(e.c.event_id, e.c.unit, e.c.event, e.c.value, e.c.timestamp, e.c.received_at,
@@ -299,10 +295,10 @@ def _unit_rows(conn: sa.Connection, key: str, metric: Metric) -> Iterator[dict[s
     """One row per assigned unit: zeros for units without events, as the analysis counts them."""
     import sqlalchemy as sa
 
-    from flagship.experiments.aggregate import COUNTERS, UnitMetricRecord
+    from flagship.experiments.store.aggregates import COUNTERS, UnitMetricRecord
     # the analysis' own per-kind formulas, so the file cannot drift from the results
     from flagship.experiments.analysis import value_columns
-    from flagship.experiments.sticky import ExposureRecord
+    from flagship.experiments.store.assignments import ExposureRecord
 
     x, t = ExposureRecord.__table__, UnitMetricRecord.__table__
     value, pre_value = value_columns(metric, t)
@@ -344,7 +340,7 @@ def export_experiment(runtime: Runtime, key: str, path: Path) -> dict[str, int]:
     """Write the experiment's data to a new SQLite file at `path`; return rows per table."""
     import sqlite_utils
 
-    from flagship.experiments.aggregate import catch_up
+    from flagship.experiments.store.aggregates import catch_up
 
     with runtime.db.engine.connect() as conn:
         _experiment(conn, key)  # fail fast, before a possibly long catch-up

@@ -7,8 +7,9 @@ from flask.views import MethodView
 
 from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
                           runtime, versioned)
-from flagship.experiments import layer_service, schemas, service
+from flagship.experiments import layers as layer_service, schemas, service
 from flagship.flags.schemas import RevisionPageSchema
+from flagship.serving import service as serving
 
 blp = make_blueprint("experiments", "Layers, experiments, lifecycle and assignment")
 
@@ -165,16 +166,7 @@ class ExperimentAssign(MethodView):
     @blp.response(200, schemas.AssignResultSchema)
     def post(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         """Assign a unit (sticky); the first assignment records an exposure"""
-        from flagship.serving import evaluator
-
-        spec = evaluator().snapshots.get().snapshot.experiments.get(key)
-        flag_key = spec.flag if spec else service.get_experiment(runtime(), key)["flag"]
-        outcome = evaluator().evaluate(body["context"], [flag_key])
-        result = outcome.results[flag_key]
-        inside = result.experiment == key
-        return {"experiment": key, "variant": result.variant if inside else None,
-                "value": result.value if inside else None, "in_experiment": inside,
-                "reason": result.reason, "sticky": inside and key in outcome.sticky}
+        return serving.assign(runtime(), key, body["context"])
 
 
 @blp.route("/experiments/user/<unit>")
@@ -183,8 +175,4 @@ class UnitAssignments(MethodView):
     @blp.response(200)
     def get(self, unit: str) -> dict[str, Any]:
         """A unit's sticky assignments, by experiment"""
-        from flagship.serving import evaluator
-
-        found = evaluator().assignments.for_unit(unit)
-        return {"unit": unit, "assignments": [a.to_dict() for a in sorted(
-            found.values(), key=lambda a: a.assigned_at)]}
+        return serving.unit_assignments(runtime(), unit)

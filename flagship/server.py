@@ -1,13 +1,15 @@
-"""Production serving: gunicorn with the app built per worker process."""
+"""`flagship serve`: gunicorn with one runtime, app and set of in-process jobs per worker."""
 from __future__ import annotations
 
+import gc
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 
 class FlagshipServer(BaseApplication):
-    """Gunicorn application whose workers each call `create_app()` after fork."""
+    """Gunicorn application whose workers each build their runtime and app after fork."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
@@ -23,16 +25,17 @@ class FlagshipServer(BaseApplication):
         self.cfg.set("errorlog", "-")
 
     def load(self) -> Any:
-        import gc
-        import sys
-
+        from flagship import jobs
         from flagship.app import create_app
+        from flagship.runtime import make_runtime
 
         # Hand the GIL over more often than every 5 ms: a request thread waiting for the
         # group-commit writer (or a lock) otherwise waits a whole interval per handoff.
         sys.setswitchinterval(0.001)
-        app = create_app({"HOST": self.settings["HOST"], "PORT": self.settings["PORT"],
-                          "SERVER": True})
+        runtime = make_runtime({"HOST": self.settings["HOST"], "PORT": self.settings["PORT"]},
+                               server=True)
+        app = create_app(runtime=runtime)
+        app.extensions["flagship.jobs"] = jobs.start(jobs.server_jobs(runtime))
         # Everything imported and built so far lives as long as the process: keep it out
         # of the cyclic GC's scans. A full collection walking it stalled all requests for
         # ~130 ms every few seconds under load.
@@ -43,4 +46,3 @@ class FlagshipServer(BaseApplication):
 
 def run_gunicorn(settings: dict[str, Any]) -> None:
     FlagshipServer(settings).run()
-

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import Column, Field, SQLModel
 
 from flagship.db import Database
-from flagship.experiments.assign import Assignment, AssignmentStore
+from flagship.experiments.assignment import Assignment, AssignmentStore
 
 
 class ExposureRecord(SQLModel, table=True):

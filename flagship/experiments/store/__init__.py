@@ -1,0 +1,1 @@
+"""Persistence of the experiments domain: tables, queries, assignment stores, aggregates."""

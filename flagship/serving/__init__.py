@@ -1,0 +1,1 @@
+"""Serving: the compiled snapshot cache, sticky-aware evaluation, and their HTTP endpoints."""

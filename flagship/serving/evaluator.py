@@ -1,0 +1,82 @@
+"""Server-side evaluation: sticky-aware evaluation over the compiled snapshot.
+
+This sits above the flag and experiment domains: it reads the unit's sticky assignments
+and persists first assignments (exposures) through the assignment store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from flagship.experiments.assignment import Assignment, AssignmentStore
+from flagship.flags.evaluate import SPLIT, EvalState, Evaluation, unit_key
+from flagship.flags.snapshot import Snapshot
+from flagship.serving.cache import SnapshotCache
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Evaluations of one request, with the unit's sticky records as used."""
+
+    revision: int
+    results: dict[str, Evaluation]
+    sticky: dict[str, str]
+    new_assignments: tuple[str, ...]
+
+
+class Evaluator:
+    """Evaluate with sticky assignments; persist first assignments as exposures."""
+
+    def __init__(self, snapshots: SnapshotCache, assignments: AssignmentStore,
+                 clock: Callable[[], Any]) -> None:
+        self.snapshots = snapshots
+        self.assignments = assignments
+        self.clock = clock
+
+    def state_for(self, snapshot: Snapshot, context: Any) -> tuple[EvalState, str | None]:
+        """The clock and this unit's sticky records (looked up only if experiments exist)."""
+        now = self.clock()
+        unit = _unit(context)
+        sticky: dict[str, str] = {}
+        if unit is not None and snapshot.experiments:
+            sticky = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
+        return EvalState(now=now.timestamp(), sticky=sticky), unit
+
+    def evaluate(self, context: Any, flag_keys: Iterable[str] | None = None) -> Outcome:
+        """Evaluate the named flags (or all); record first assignments to experiments."""
+        compiled = self.snapshots.get()
+        snapshot = compiled.snapshot
+        state, unit = self.state_for(snapshot, context)
+        keys = list(snapshot.flags) if flag_keys is None else list(flag_keys)
+        results = {key: snapshot.evaluate(key, context, state) for key in keys}
+        created = []
+        for key, result in results.items():
+            if unit is None or result.experiment is None or result.reason != SPLIT:
+                continue  # allowlisted (forced) units are not randomised: no exposure
+            if result.experiment in state.sticky:
+                continue
+            results[key], new = self._persist(snapshot, result, unit)
+            if new:
+                created.append(result.experiment)
+        return Outcome(compiled.revision, results, dict(state.sticky), tuple(created))
+
+    def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
+        spec = snapshot.experiments[result.experiment]
+        kept, new = self.assignments.assign(Assignment(
+            result.experiment, unit, result.variant, spec.layer, self.clock()))
+        if kept.variant != result.variant:  # a concurrent request assigned first: theirs holds
+            flag = snapshot.flags[result.flag_key]
+            result = replace(result, variant=kept.variant, value=flag.variants[kept.variant])
+        return result, new
+
+
+def _unit(context: Any) -> str | None:
+    if not isinstance(context, dict):
+        return None
+    raw = context.get("key")
+    if raw is None:
+        raw = context.get("targetingKey")
+    try:
+        return unit_key(raw)
+    except TypeError:
+        return None
