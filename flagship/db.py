@@ -190,6 +190,44 @@ def bump_snapshot_revision(session: Session) -> int:
     return int(value)
 
 
+def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
+    """INSERT with the dialect's ON CONFLICT clauses (SQLite and PostgreSQL share them)."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table)
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], *,
+           add: tuple[str, ...] = (), replace: tuple[str, ...] = ()) -> None:
+    """Insert `rows`; on a key conflict add the `add` columns to the stored ones and
+    overwrite the `replace` columns. The one upsert of the code base."""
+    if not rows:
+        return
+    statement = dialect_insert(conn, table)
+    updates = {c: table.c[c] + statement.excluded[c] for c in add}
+    updates.update({c: statement.excluded[c] for c in replace})
+    conn.execute(statement.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                                 set_=updates), rows)
+
+
+def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
+               returning: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
+    """Insert the `rows` whose key is not stored yet; return `returning` of those inserted.
+
+    RETURNING tells reliably what was inserted (a rowcount does not, on psycopg).
+    """
+    if not rows:
+        return []
+    statement = dialect_insert(conn, table).on_conflict_do_nothing()
+    if not returning:
+        conn.execute(statement, rows)
+        return []
+    return [tuple(row) for row in conn.execute(
+        statement.returning(*[table.c[c] for c in returning]), rows)]
+
+
 def upgrade(url: str) -> None:
     """Apply alembic migrations up to head."""
     from alembic import command

@@ -13,6 +13,7 @@ from typing import Callable
 from flagship.runtime import Runtime
 
 log = logging.getLogger(__name__)
+SCHEDULE_INTERVAL = 10.0  # seconds between checks for experiments past their end_at
 
 
 class Periodic:
@@ -59,7 +60,7 @@ def aggregate(runtime: Runtime) -> int:
     """Fold pending events and exposures into the per-unit aggregates (one job run)."""
     from flagship.experiments.store.aggregates import catch_up
 
-    return catch_up(runtime.db)
+    return catch_up(runtime.db, late_after=float(runtime.config["EVENT_LATE_SECONDS"]))
 
 
 def checkpoint(runtime: Runtime) -> None:
@@ -67,9 +68,16 @@ def checkpoint(runtime: Runtime) -> None:
     runtime.db.checkpoint()
 
 
+def complete_ended(runtime: Runtime) -> list[str]:
+    """Complete the experiments whose end_at has passed (their buckets return to the layer)."""
+    from flagship.experiments.service import complete_ended as complete
+
+    return complete(runtime, runtime.clock())
+
+
 def server_jobs(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs a serving process runs in-process on the embedded default."""
-    jobs = []
+    jobs = [Periodic("flagship-schedule", SCHEDULE_INTERVAL, lambda: complete_ended(runtime))]
     if runtime.config["AGGREGATE_INTERVAL"] > 0:
         # keeps per-unit aggregates fresh between monitor/results calls (which also catch up)
         jobs.append(Periodic("flagship-aggregate", runtime.config["AGGREGATE_INTERVAL"],

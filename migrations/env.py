@@ -5,16 +5,10 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import flagship.audit  # noqa: F401  (each import registers its tables on SQLModel.metadata)
-import flagship.auth  # noqa: F401
-import flagship.db  # noqa: F401
-import flagship.experiments.store.aggregates  # noqa: F401
-import flagship.experiments.ingest  # noqa: F401
-import flagship.experiments.looks  # noqa: F401
-import flagship.experiments.metrics  # noqa: F401
-import flagship.experiments.store.config  # noqa: F401
-import flagship.experiments.store.sums  # noqa: F401
+import flagship.db  # noqa: F401  (each import registers its tables on SQLModel.metadata)
+import flagship.experiments.store.tables  # noqa: F401
 import flagship.flags.store  # noqa: F401
+import flagship.store  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

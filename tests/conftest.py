@@ -122,8 +122,65 @@ def api(client: Any, admin: dict[str, str]) -> Any:
 
 
 @pytest.fixture
-def runner(app: Any) -> Any:
-    return app.test_cli_runner()
+def runner(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run `flagship ...` against the test's database: runner("keys", "list")."""
+    from click.testing import CliRunner
+
+    from flagship.cli import main
+
+    monkeypatch.setenv("FLAGSHIP_DATABASE_URL", database_url)
+    monkeypatch.delenv("FLAGSHIP_PLUGINS", raising=False)
+    cli = CliRunner()
+    return lambda *args, input=None: cli.invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+REDIS_LOCK = "flagship:test-run"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database index of this test process's own, on the machine's Redis server.
+
+    Indexes 1-15 are claimed with a lock key (SET NX), so parallel test processes and two
+    test runs on one machine never share one; the index is flushed before and after.
+    """
+    import redis
+
+    token = uuid.uuid4().hex
+    for index in range(1, 16):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=index)
+        try:
+            if client.set(REDIS_LOCK, token, nx=True, ex=3600):
+                break
+        except redis.ConnectionError:
+            pytest.skip("no Redis server on 127.0.0.1:6379")
+        client.close()
+    else:
+        raise RuntimeError("every Redis database index 1-15 is claimed by another test run")
+    _flush_keeping_lock(client, token)
+    try:
+        yield f"redis://127.0.0.1:6379/{index}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def _flush_keeping_lock(client: Any, token: str) -> None:
+    client.flushdb()
+    client.set(REDIS_LOCK, token, ex=3600)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A client of this process's Redis index, emptied (but for the claim) before and after."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    token = client.get(REDIS_LOCK)
+    _flush_keeping_lock(client, token)
+    yield client
+    _flush_keeping_lock(client, token)
+    client.close()
 
 
 def boolean_flag(key: str = "new-checkout", **extra: Any) -> dict[str, Any]:

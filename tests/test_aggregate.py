@@ -7,10 +7,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from flagship.experiments import analysis
-from flagship.experiments.store import aggregates as aggregate
+from flagship.experiments import results
+from flagship.experiments.analysis.variants import from_sums
 from flagship.experiments.ingest import ingest
-from flagship.experiments.metrics import metrics_by_key
+from flagship.experiments.store import aggregates as aggregate
+from flagship.experiments.store import reads
+from flagship.experiments.store.config import metrics_by_key
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 V = "/api/v1"
@@ -78,8 +80,11 @@ def expected(exposures, events, metric, start=T0, end=T0 + timedelta(days=2)):
         values = {post: pick(metric["event"], post) for post in (True, False)}
         def kind(v):
             return {"conversion": 1.0 if v else 0.0, "sum": float(sum(v)), "count": float(len(v)),
-                    "mean": float(sum(v) / len(v)) if v else 0.0, "ratio": float(sum(v))}[metric["kind"]]
-        den = sum(pick(metric.get("denominator_event") or "-", True))
+                    "mean": float(sum(v)), "ratio": float(sum(v))}[metric["kind"]]
+        if metric["kind"] == "mean":  # the unit's total value over its number of events
+            den = float(len(values[True]))
+        else:
+            den = sum(pick(metric.get("denominator_event") or "-", True))
         out[unit] = (variant, kind(values[True]), kind(values[False]), den)
     return out
 
@@ -98,42 +103,50 @@ def send(runtime, exposures, events, exposures_first=True):
 
 def check(runtime, exposures, events):
     aggregate.catch_up(runtime.db)
+    data = results.read(runtime, "exp")
     with runtime.db.engine.connect() as conn:
         for spec in METRICS:
-            metric = metrics_by_key(_session(conn), [spec["key"]])[spec["key"]]
+            metric = metrics_by_key(conn, [spec["key"]])[spec["key"]]
             want = expected(exposures, events, spec)
-            got = analysis.unit_values(conn, "exp", metric)
-            for unit, (variant, y, x, _) in want.items():
-                g = got.get(unit, (variant, 0.0, 0.0))
-                assert g[0] == variant and g[1] == pytest.approx(y) and g[2] == pytest.approx(x), (spec, unit)
-            stats = analysis.variant_stats(conn, "exp", metric)
+            got = {u: (v, y if metric.kind != "mean" else y, x) for u, (v, y, x, _) in
+                   reads.unit_values(conn, "exp", metric).items()}
+            if metric.kind == "mean":
+                got = {u: (v, y, x) for u, (v, y, x, _) in reads.unit_values(conn, "exp", metric).items()}
+                want_values = {u: (w[0], w[1], 0.0) for u, w in want.items()}
+                for unit, (variant, y, _) in want_values.items():
+                    g = got.get(unit, (variant, 0.0, 0.0))
+                    assert g[0] == variant and g[1] == pytest.approx(y), (spec, unit)
+            else:
+                for unit, (variant, y, x, _) in want.items():
+                    g = got.get(unit, (variant, 0.0, 0.0))
+                    assert g[0] == variant and g[1] == pytest.approx(y) and g[2] == pytest.approx(x), (spec, unit)
+            stats = data.stats[spec["key"]]
             if not spec.get("winsorize_percentile"):  # incremental sums == a fresh scan
-                scanned = analysis.scan_variant_stats(conn, "exp", metric, analysis.exposure_counts(conn, "exp"))
+                scanned = reads.scan_variant_stats(conn, "exp", metric, data.counts)
                 for variant, kept in stats.items():
+                    fresh = from_sums(variant, data.counts[variant], scanned[variant], metric)
                     for field in ("n", "sum", "sum_sq", "pre_sum", "pre_sum_sq", "cross", "den_sum",
                                   "den_sum_sq", "num_den"):
-                        assert getattr(kept, field) == pytest.approx(getattr(scanned[variant], field),
+                        assert getattr(kept, field) == pytest.approx(getattr(fresh, field),
                                                                      rel=1e-9, abs=1e-9), (spec, field)
             for variant in "abc":
-                ys = np.array([w[1] for w in want.values() if w[0] == variant])
-                xs = np.array([w[2] for w in want.values() if w[0] == variant])
+                mine = [w for w in want.values() if w[0] == variant]
+                if metric.kind == "mean":  # only units with events count
+                    mine = [w for w in mine if w[3] > 0]
+                ys = np.array([w[1] for w in mine])
+                xs = np.array([w[2] for w in mine])
                 if spec.get("winsorize_percentile"):
                     cap = np.percentile([w[1] for w in want.values()], spec["winsorize_percentile"])
                     ys, xs = np.minimum(ys, cap), np.minimum(xs, cap)
                 s = stats[variant]
-                assert s.n == len(ys)
+                assert s.n == len(ys), (spec, variant)
                 assert s.sum == pytest.approx(ys.sum()) and s.sum_sq == pytest.approx((ys ** 2).sum())
                 assert s.pre_sum == pytest.approx(xs.sum()) and s.cross == pytest.approx((xs * ys).sum())
-                if spec["kind"] == "ratio":
-                    den = np.array([w[3] for w in want.values() if w[0] == variant])
+                if spec["kind"] in ("ratio", "mean"):
+                    den = np.array([w[3] for w in mine])
                     assert s.den_sum == pytest.approx(den.sum()) and s.num_den == pytest.approx((ys * den).sum())
                 if ys.size > 1:
                     assert s.variance == pytest.approx(ys.var(ddof=1))
-
-
-def _session(conn):
-    import sqlalchemy.orm
-    return sqlalchemy.orm.Session(bind=conn)
 
 
 @pytest.mark.parametrize("exposures_first", [True, False])
@@ -156,9 +169,9 @@ def test_attribution_edges(setup):
     send(setup, exposures, events)
     aggregate.catch_up(setup.db)
     with setup.db.engine.connect() as conn:
-        metric = metrics_by_key(_session(conn), ["revenue"])["revenue"]
-        assert analysis.unit_values(conn, "exp", metric) == {"early": ("a", 7.0, 5.0)}
-        assert analysis.variant_stats(conn, "exp", metric)["a"].n == 1
+        metric = metrics_by_key(conn, ["revenue"])["revenue"]
+        assert reads.unit_values(conn, "exp", metric) == {"early": ("a", 7.0, 5.0, 0.0)}
+    assert results.read(setup, "exp").stats["revenue"]["a"].n == 1
 
 
 def test_metrics_added_later_are_rebuilt_from_history(setup, client, admin):
@@ -172,15 +185,16 @@ def test_metrics_added_later_are_rebuilt_from_history(setup, client, admin):
     assert response.status_code == 200, response.json
     aggregate.catch_up(setup.db)
     with setup.db.engine.connect() as conn:
-        metric = metrics_by_key(_session(conn), ["visits"])["visits"]
-        got = analysis.unit_values(conn, "exp", metric)
+        metric = metrics_by_key(conn, ["visits"])["visits"]
+        got = reads.unit_values(conn, "exp", metric)
     want = expected(exposures, events, {"event": "visit", "kind": "count"})
-    assert {u: y for u, (_, y, _, _) in want.items() if y} == {u: y for u, (_, y, _) in got.items() if y}
+    assert {u: y for u, (_, y, _, _) in want.items() if y} == {u: y for u, (_, y, _, _) in got.items() if y}
 
 
 def test_monitor(setup, client, admin):
     exposures, events = generate(seed=11, units=120)
     send(setup, exposures, events)
+    aggregate.catch_up(setup.db)
     body = client.get(V + "/experiments/exp/monitor", headers=admin).json
     assert sum(body["exposures"]["total"].values()) == len(exposures)
     assert sum(sum(h["by_variant"].values()) for h in body["exposures"]["per_hour"]) == len(exposures)
@@ -191,7 +205,10 @@ def test_monitor(setup, client, admin):
         ys = [w[1] for w in want.values() if w[0] == variant]
         assert revenue["variants"][variant]["units"] == len(ys)
         assert revenue["variants"][variant]["mean"] == pytest.approx(sum(ys) / len(ys))
-    assert body["data_quality"]["accepted"] == len(events) + len(exposures)
+    # the experiment's own counters: its units' events at or after their exposure ($exposure included)
+    mine = [e for e in events if e["unit"] in exposures
+            and datetime.fromisoformat(e["timestamp"]) >= exposures[e["unit"]][1]]
+    assert body["data_quality"]["accepted"] == len(mine) + len(exposures)
     assert client.get(V + "/experiments/nope/monitor", headers=admin).status_code == 404
 
 

@@ -42,7 +42,8 @@ def test_probe_detects_a_forbidden_import() -> None:
 
 
 PURE = ["flagship.flags.model", "flagship.flags.bucketing", "flagship.flags.operators",
-        "flagship.flags.evaluate", "flagship.flags.traffic", "flagship.flags.explain",
+        "flagship.flags.evaluate", "flagship.flags.traffic", "flagship.flags.rules",
+        "flagship.flags.explain",
         "flagship.flags.snapshot", "flagship.experiments.allocation", "flagship.experiments.assignment",
         "flagship.experiments.events", "flagship.experiments.stats"]
 

@@ -18,11 +18,8 @@ from flagship.errors import ConfigError
 
 
 @pytest.fixture
-def cli(database_url, monkeypatch):
-    monkeypatch.setenv("FLAGSHIP_DATABASE_URL", database_url)
-    monkeypatch.delenv("FLAGSHIP_PLUGINS", raising=False)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
+def cli(runner):
+    return runner
 
 
 def test_keys_create_prints_only_the_key_then_list_and_revoke(cli):

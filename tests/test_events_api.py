@@ -15,8 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from flagship.experiments.ingest import EventRecord
-from flagship.experiments.store.assignments import ExposureRecord
+from flagship.experiments.store.tables import EventRecord, ExposureRecord
 
 V = "/api/v1"
 

@@ -32,7 +32,7 @@ def assign(client, sdk, key, unit, **attributes):
 
 def test_layer_crud_and_allocation_map(api):
     layer = api("post", "/layers", {"key": "main", "name": "Main"}, 201)
-    assert layer["salt"] == "main" and layer["free_percentage"] == 100.0
+    assert layer["salt"] == "layer:main" and layer["free_percentage"] == 100.0  # its own hash namespace
     api("post", "/layers", {"key": "main"}, 409)
     colour_flag(api)
     api("post", "/experiments", experiment(traffic=40), 201)
@@ -305,7 +305,7 @@ def test_listing_filters(api):
     api("get", "/experiments?status=bogus", status=422)
     snapshot = api("get", "/sdk/snapshot")
     assert [e["key"] for e in snapshot["experiments"]] == ["a", "b"]
-    assert snapshot["layers"] == [{"key": "main", "salt": "main"}]
+    assert snapshot["layers"] == [{"key": "main", "salt": "layer:main"}]
 
 
 def test_explain_shows_the_raw_numbers(api, client, sdk):

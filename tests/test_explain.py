@@ -454,8 +454,9 @@ def test_plugin_rule_kinds_fall_back_to_their_compiled_rule(
         hit = env.result(rule.variant or "", "TARGETING_MATCH", rule.id)
         return lambda ctx, unit, state: hit if unit and unit.endswith("7") else None
 
-    monkeypatch.setitem(model.RULE_KINDS, "odd", fields_of)
-    monkeypatch.setitem(evaluate_module.RULE_COMPILERS, "odd", compile_odd)
+    from flagship.flags.rules import RULE_KINDS, RuleKind
+
+    monkeypatch.setitem(RULE_KINDS, "odd", RuleKind("odd", fields_of, compile_odd))
     snap = Snapshot.from_dict({"revision": 1, "flags": [string_flag("f", [
         {"id": "o", "kind": "odd", "variant": "third"}])]})
     for unit in ("u7", "u8"):

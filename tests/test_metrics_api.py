@@ -172,7 +172,10 @@ def test_metrics_used_by_experiments(api):
 
 def test_validate_metric_outside_http():
     from flagship.errors import ValidationError
-    from flagship.experiments.metrics import validate_metric
+    from flagship.experiments.model import metric_from_dict, metric_to_dict
+
+    def validate_metric(doc):
+        return metric_to_dict(metric_from_dict(doc))
 
     assert validate_metric(metric(winsorize_percentile=99)) == {
         "key": "revenue", "name": "revenue", "event": "purchase", "kind": "sum",

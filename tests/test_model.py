@@ -97,11 +97,12 @@ def test_segment_round_trip_and_defaults() -> None:
     assert segment_to_dict(segment_from_dict(doc, OPS)) == doc
 
 
-def test_rule_kind_registries_agree() -> None:
-    import flagship.flags.traffic  # noqa: F401  (registers experiment and release)
+def test_rule_kinds_are_one_table_that_model_and_compiler_both_read() -> None:
+    from flagship.flags.rules import RULE_KINDS
 
-    assert set(model.RULE_KINDS) == set(evaluate.RULE_COMPILERS) == {
-        "force", "rollout", "experiment", "release"}
+    assert set(RULE_KINDS) == {"force", "rollout", "experiment", "release"}
+    assert model.rule_kinds() is RULE_KINDS is evaluate.rule_kinds()
+    assert all(kind.name == name for name, kind in RULE_KINDS.items())
 
 
 def set_path(path: str, value: Any) -> Callable[[dict], None]:

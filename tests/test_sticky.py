@@ -1,7 +1,6 @@
 """Sticky assignment stores: memory, SQL (exposures table) and real Redis, one contract."""
 from __future__ import annotations
 
-import os
 import threading
 from datetime import datetime, timezone
 
@@ -13,19 +12,7 @@ from flagship.experiments.assignment import Assignment, MemoryAssignments
 from flagship.experiments.store.assignments import ExposureRecord, RedisAssignments, SqlAssignments
 from tests.conftest import make_app
 
-# an index of our own per test process (xdist workers run at once), flushed before and after
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-REDIS_URL = f"redis://127.0.0.1:6379/{12 + _WORKER % 4}"
 AT = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def redis_client():
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(params=["memory", "sql", "redis"])
@@ -74,8 +61,8 @@ def test_redis_store_also_writes_the_exposure_to_sql(runtime, redis_client):
     assert [(r.experiment_key, r.unit, r.variant) for r in rows] == [("exp", "u9", "blue")]
 
 
-def test_app_uses_redis_when_configured(database_url, redis_client):
-    app = make_app(database_url, REDIS_URL=REDIS_URL, AUTH=False)
+def test_app_uses_redis_when_configured(database_url, redis_client, redis_url):
+    app = make_app(database_url, REDIS_URL=redis_url, AUTH=False)
     try:
         client = app.test_client()
         client.post("/api/v1/layers", json={"key": "main"})

@@ -37,3 +37,42 @@ def test_an_exception_reaches_only_its_caller(runtime):
     with pytest.raises(ValueError, match="bad row"):
         runtime.db.batched(boom)
     assert runtime.db.batched(lambda conn: conn.execute(sa.text("SELECT 1")).scalar()) == 1
+
+
+def test_writes_queued_behind_a_busy_writer_commit_together(runtime):
+    """While the writer thread is busy, later writes queue up; they then share one commit."""
+    db = runtime.db
+    with db.write_connection() as conn:
+        conn.execute(sa.text("CREATE TABLE t2 (k INTEGER PRIMARY KEY)"))
+    commits = []
+
+    def count(conn):
+        commits.append(1)
+
+    sa.event.listen(db.engine, "commit", count)
+    gate, busy = threading.Event(), threading.Event()
+
+    def slow(conn):
+        busy.set()
+        assert gate.wait(10)
+        return conn.execute(sa.text("INSERT INTO t2 (k) VALUES (0)")).rowcount
+
+    first = threading.Thread(target=db.batched, args=(slow,))
+    first.start()
+    assert busy.wait(10)  # the writer is inside the first transaction now
+    others = [threading.Thread(target=db.batched, args=(
+        lambda conn, k=k: conn.execute(sa.text("INSERT INTO t2 (k) VALUES (:k)"), {"k": k}),))
+        for k in range(1, 21)]
+    for t in others:
+        t.start()
+    for _ in range(1000):  # every later write is queued behind the busy one
+        if db._writer._queue.qsize() >= 20:
+            break
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in [first, *others]:
+        t.join()
+    sa.event.remove(db.engine, "commit", count)
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM t2")).scalar() == 21
+    assert len(commits) == 2  # the busy write's transaction, then all twenty in one

@@ -1,6 +1,6 @@
 """Sticky assignment records and the store interface (pure: the SDK uses it too).
 
-Server stores (SQL, Redis) are in `sticky.py`.
+Server stores (SQL, Redis) are in `flagship/experiments/store/assignments.py`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class Assignment:
     variant: str
     layer: str
     assigned_at: datetime
+    epoch: int = 1  # the experiment's weight epoch when the unit was assigned
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "unit": self.unit, "variant": self.variant,

@@ -3,42 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional
-
-import sqlalchemy as sa
-from sqlmodel import JSON, Column, Field, SQLModel
+from typing import Any, Iterable
 
 from flagship.experiments.events import EXPOSURE, Bounds, EventIn, parse_event
-from flagship.experiments.store.assignments import ExposureRecord
+from flagship.experiments.store import events as store
 from flagship.runtime import Runtime
-
-
-class EventRecord(SQLModel, table=True):
-    """A metric event (or an SDK-sent exposure), stored once per event_id."""
-
-    __tablename__ = "events"
-    __table_args__ = (sa.Index("ix_events_pending", "id", sqlite_where=sa.text("NOT aggregated"),
-                               postgresql_where=sa.text("NOT aggregated")),)
-    id: Optional[int] = Field(default=None, primary_key=True)
-    event_id: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
-    unit: str = Field(sa_column=Column(sa.String(256), nullable=False, index=True))
-    event: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
-    value: float
-    timestamp: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
-    received_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
-    properties: Optional[dict] = Field(default=None, sa_column=Column(JSON))
-    # the aggregator's work queue: rows not yet folded into per-unit aggregates
-    aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
-                                                             server_default=sa.false()))
-
-
-class EventCounterRecord(SQLModel, table=True):
-    """Data-quality counters per hour: accepted, duplicate, rejected, late."""
-
-    __tablename__ = "event_counters"
-    hour: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
-    kind: str = Field(sa_column=Column(sa.String(16), primary_key=True))
-    count: int = 0
 
 
 @dataclass
@@ -62,14 +31,6 @@ def bounds_from(config: dict[str, Any]) -> Bounds:
                   late_after=timedelta(seconds=config["EVENT_LATE_SECONDS"]))
 
 
-def _insert(db_is_sqlite: bool, table: sa.Table) -> Any:
-    if db_is_sqlite:
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    return insert(table)
-
-
 def _check_exposure(event: EventIn, experiments: Any) -> dict[str, list[str]] | None:
     spec = experiments.get(event.experiment)
     if spec is None:
@@ -80,12 +41,13 @@ def _check_exposure(event: EventIn, experiments: Any) -> dict[str, list[str]] | 
 
 
 def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
-             experiments: Any) -> tuple[list[EventIn], list[dict[str, Any]], int]:
-    """Split items into valid events and rejections; repeated ids in one request are duplicates."""
+             experiments: Any) -> tuple[list[EventIn], list[dict[str, Any]], list[str]]:
+    """Split items into valid events, rejections and the units of ids repeated in the request
+    (duplicates)."""
     valid: list[EventIn] = []
     rejected: list[dict[str, Any]] = []
     seen: set[str] = set()
-    repeats = 0
+    repeats: list[str] = []
     for index, item in enumerate(items):
         parsed = parse_event(item, now, bounds)
         if isinstance(parsed, EventIn) and parsed.event == EXPOSURE:
@@ -93,7 +55,7 @@ def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
         if not isinstance(parsed, EventIn):
             rejected.append({"index": index, "errors": parsed})
         elif parsed.event_id in seen:
-            repeats += 1
+            repeats.append(parsed.unit)
         else:
             seen.add(parsed.event_id)
             valid.append(parsed)
@@ -107,77 +69,34 @@ def _experiments(runtime: Runtime, items: list[Any]) -> Any:
     return runtime.snapshots.get().snapshot.experiments
 
 
+def _unit_of(item: Any) -> str | None:
+    """The unit a rejected item names, if it names one usably (for per-experiment counters)."""
+    unit = item.get("unit") if isinstance(item, dict) else None
+    if isinstance(unit, (int, float)) and not isinstance(unit, bool):
+        unit = str(unit)
+    return unit if isinstance(unit, str) and 0 < len(unit) <= 256 and "\x00" not in unit else None
+
+
 def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> IngestResult:
     """Store the valid events of `items`; return only after they are committed."""
     now = now or runtime.clock()
     bounds = bounds_from(runtime.config)
     experiments = _experiments(runtime, items)
-    valid, rejected, repeats = validate(items, now, bounds, experiments)
+    valid, rejected, repeated_units = validate(items, now, bounds, experiments)
+    repeats = len(repeated_units)
     result = IngestResult(rejected=rejected, late=sum(e.is_late(now, bounds) for e in valid))
-    batch = _Batch(
+    issues = [(unit, "rejected") for r in rejected if (unit := _unit_of(items[r["index"]]))]
+    batch = store.Batch(
         rows=[{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
                "timestamp": e.timestamp, "properties": e.properties, "received_at": now}
               for e in valid],
         exposures={e.event_id: {"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
-                                "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp}
+                                "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp,
+                                "epoch": experiments[e.experiment].epoch}
                    for e in valid if e.event == EXPOSURE},
-        counts={"duplicate": repeats, "rejected": len(rejected), "late": result.late}, now=now)
-    sqlite = runtime.db.is_sqlite
+        counts={"duplicate": repeats, "rejected": len(rejected), "late": result.late},
+        issues=issues + [(unit, "duplicate") for unit in repeated_units], now=now)
     # concurrent requests' events are written by one INSERT in one transaction
-    result.accepted = runtime.db.batched_merge(
-        "events", batch, lambda conn, batches: _write(conn, sqlite, batches))
+    result.accepted = runtime.db.batched_merge("events", batch, store.write)
     result.duplicates = len(valid) - result.accepted + repeats
     return result
-
-
-@dataclass
-class _Batch:
-    """One request's events on their way to the writer."""
-
-    rows: list[dict[str, Any]]
-    exposures: dict[str, dict[str, Any]]
-    counts: dict[str, int]
-    now: datetime
-
-
-def _write(conn: sa.Connection, sqlite: bool, batches: list[_Batch]) -> list[int]:
-    """Insert every batch's events at once; return how many each batch had inserted.
-
-    An event_id listed by two concurrent requests is inserted once and credited to the
-    first of them; the other sees a duplicate.
-    """
-    rows = [row for batch in batches for row in batch.rows]
-    inserted: set[str] = set()
-    if rows:
-        table = EventRecord.__table__
-        statement = _insert(sqlite, table).on_conflict_do_nothing().returning(table.c.event_id)
-        inserted = {row[0] for row in conn.execute(statement, rows)}
-    credited, exposures = [], []
-    for batch in batches:
-        mine = [row["event_id"] for row in batch.rows if row["event_id"] in inserted]
-        inserted.difference_update(mine)
-        credited.append(len(mine))
-        exposures += [batch.exposures[i] for i in mine if i in batch.exposures]
-        batch.counts.update(accepted=len(mine))
-        batch.counts["duplicate"] += len(batch.rows) - len(mine)
-    if exposures:  # only a unit's first exposure counts
-        conn.execute(_insert(sqlite, ExposureRecord.__table__).on_conflict_do_nothing(), exposures)
-    totals: dict[tuple[datetime, str], int] = {}
-    for batch in batches:
-        hour = batch.now.replace(minute=0, second=0, microsecond=0)
-        for kind, n in batch.counts.items():
-            totals[(hour, kind)] = totals.get((hour, kind), 0) + n
-    _count(conn, sqlite, totals)
-    return credited
-
-
-def _count(conn: sa.Connection, sqlite: bool, totals: dict[tuple[datetime, str], int]) -> None:
-    table = EventCounterRecord.__table__
-    rows = [{"hour": hour, "kind": kind, "count": n} for (hour, kind), n in totals.items() if n]
-    if not rows:
-        return
-    statement = _insert(sqlite, table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.hour, table.c.kind],
-        set_={"count": table.c.count + statement.excluded.count})
-    conn.execute(statement, rows)

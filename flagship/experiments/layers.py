@@ -10,12 +10,16 @@ from sqlalchemy.orm import Session
 from flagship.db import as_utc, bump_snapshot_revision
 from flagship.errors import ConflictError, NotFoundError
 from flagship.experiments import allocation
+from flagship.experiments.model import ACTIVE
 from flagship.experiments.store import config as store
-from flagship.experiments.store.config import ExperimentRecord, LayerRecord
+from flagship.experiments.store.tables import ExperimentRecord, LayerRecord
 from flagship.flags import service as flags
 from flagship.runtime import Runtime
 
-ACTIVE = ("running", "paused")
+
+def default_salt(key: str) -> str:
+    """A new layer's salt: its own namespace, never a flag's or an experiment's."""
+    return f"layer:{key}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -68,8 +72,9 @@ def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str,
                 raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]})
             record = LayerRecord(key=doc["key"], name=doc.get("name") or doc["key"],
                                  description=doc.get("description", ""),
-                                 salt=doc.get("salt") or doc["key"], version=1,
+                                 salt=doc.get("salt") or default_salt(doc["key"]), version=1,
                                  created_at=tx.now, updated_at=tx.now, updated_by=actor)
+            flags.claim_salts(tx, "layer", record.key, set(), {record.salt})
             tx.session.add(record)
             tx.session.flush()
             tx.audit("layer.create", "layer", record.key, None, _layer_doc(record))
@@ -91,6 +96,8 @@ def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
             raise ConflictError("the salt of a layer that has run experiments cannot change: "
                                 "it would reshuffle every unit", {"salt": ["in use"]})
         before = _layer_doc(record)
+        if "salt" in patch and patch["salt"] != record.salt:
+            flags.claim_salts(tx, "layer", key, {record.salt}, {patch["salt"]})
         for name in ("name", "description", "salt"):
             if name in patch:
                 setattr(record, name, patch[name])
@@ -113,6 +120,7 @@ def delete_layer(runtime: Runtime, actor: str, key: str) -> None:
         if drafts:
             raise ConflictError(f"layer {key!r} holds draft experiments: {', '.join(drafts)}; "
                                 "move or delete them first", {"experiments": drafts})
+        flags.claim_salts(tx, "layer", key, {record.salt}, set())
         tx.audit("layer.delete", "layer", key, _layer_doc(record), None)
         tx.session.delete(record)
         bump_snapshot_revision(tx.session)

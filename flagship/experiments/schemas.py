@@ -82,6 +82,8 @@ class ExperimentBodySchema(ma.Schema):
     metadata = fields.Dict(keys=fields.String())
     rule_position = fields.Integer(metadata={"description": "index of its rule on the flag (default 0)"})
     multiple_testing = fields.String(metadata={"description": "holm (default), bonferroni, bh, by, none"})
+    salt = fields.String(validate=validate.Length(min=1, max=128), metadata={
+        "description": "the variant hash's salt (default experiment:<key>); fixed once started"})
     version = fields.Integer(load_only=True)
 
 
@@ -105,6 +107,8 @@ class ExperimentSchema(ExperimentBodySchema):
     ranges = fields.List(fields.List(fields.Integer()))
     allocated_percentage = fields.Float()
     rule_id = fields.String()
+    weight_epochs = fields.List(fields.Dict(), metadata={
+        "description": "the variant weights in effect since each change after the start"})
     version = fields.Integer(dump_only=True)
     started_at = fields.String(allow_none=True)
     ended_at = fields.String(allow_none=True)

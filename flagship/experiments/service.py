@@ -1,10 +1,13 @@
-"""Experiment use cases: configuration, lifecycle, bucket claims, release (layers: layer_service)."""
+"""Experiment use cases: configuration, lifecycle, bucket claims, release, restore.
+
+Layers are in `layers.py`, metric definitions in `metrics.py`.
+"""
 from __future__ import annotations
 
+import copy
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -12,17 +15,21 @@ from flagship.db import as_utc, bump_snapshot_revision
 from flagship.diff import json_diff
 from flagship.errors import ConflictError, NotFoundError, ValidationError
 from flagship.experiments import allocation
+from flagship.experiments.model import (ACTIVE, FINISHED, Experiment, experiment_from_dict,
+                                        experiment_to_dict, flag_from_variants, load_experiment)
 from flagship.experiments.store import config as store
-from flagship.experiments.store.config import ExperimentRecord, ExperimentRevisionRecord, LayerRecord
-from flagship.experiments.validate import RULE_PREFIX, flag_from_variants, validate_experiment
+from flagship.experiments.store.tables import ExperimentRecord, ExperimentRevisionRecord
 from flagship.flags import service as flags
 from flagship.flags import store as flag_store
 from flagship.flags.bucketing import check_percentage
 from flagship.runtime import Runtime, Tx
 
-ACTIVE = ("running", "paused")
 TRANSITIONS = {"start": ("draft",), "pause": ("running",), "resume": ("paused",),
-               "stop": ACTIVE, "release": ACTIVE}
+               "stop": ACTIVE, "release": ACTIVE, "complete": ACTIVE}
+RESTORABLE = ("draft", "paused")
+DESCRIPTIVE = {"name", "description", "hypothesis", "owner", "metadata", "success_metrics",
+               "guardrail_metrics", "minimum_sample_size", "significance_level", "power",
+               "multiple_testing"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -30,13 +37,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-# -- experiments: views and revisions ---------------------------------------------------------
+# -- views and revisions ------------------------------------------------------------------------
 
 def experiment_view(record: ExperimentRecord) -> dict[str, Any]:
     """The API form: configuration plus state, allocation and version."""
     return {**record.document, "status": record.status, "ranges": record.ranges,
             "allocated_percentage": allocation.size(record.ranges) / 100,
-            "rule_id": RULE_PREFIX + record.key, "version": record.version,
+            "rule_id": load_experiment(record.document).rule_id, "version": record.version,
+            "weight_epochs": record.epochs or [],
             "started_at": _iso(record.started_at), "ended_at": _iso(record.ended_at),
             "created_at": _iso(record.created_at), "created_by": record.created_by,
             "updated_at": _iso(record.updated_at), "updated_by": record.updated_by}
@@ -79,6 +87,14 @@ def get_experiment(runtime: Runtime, key: str) -> dict[str, Any]:
         return experiment_view(_require(session, key))
 
 
+def load(runtime: Runtime, key: str) -> tuple[Experiment, ExperimentRecord]:
+    """The experiment's model and its record (detached), or NotFoundError."""
+    with runtime.db.session() as session:
+        record = _require(session, key)
+        session.expunge(record)
+    return load_experiment(record.document), record
+
+
 def list_experiment_revisions(runtime: Runtime, key: str, page: int = 1,
                               per_page: int = 50) -> tuple[list[dict[str, Any]], int]:
     with runtime.db.session() as session:
@@ -89,14 +105,18 @@ def list_experiment_revisions(runtime: Runtime, key: str, page: int = 1,
                 for r in rows], total
 
 
-# -- experiments: the flag rule -----------------------------------------------------------------
+# -- the flag rule --------------------------------------------------------------------------------
 
-def _rule(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"id": RULE_PREFIX + doc["key"], "kind": "experiment", "conditions": doc["targeting"],
-            "params": {"experiment": doc["key"]}}
+def _rule(experiment: Experiment) -> dict[str, Any]:
+    return {"id": experiment.rule_id, "kind": "experiment",
+            "conditions": experiment_to_dict(experiment)["targeting"],
+            "params": {"experiment": experiment.key}}
 
 
-def _place(rule: dict[str, Any], position: int | None) -> Any:
+FlagChange = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _place(rule: dict[str, Any], position: int | None) -> FlagChange:
     """A flag-document change that puts `rule` at `position` (or keeps its place)."""
     def change(flag_doc: dict[str, Any]) -> dict[str, Any]:
         rules = flag_doc.get("rules", [])
@@ -108,7 +128,7 @@ def _place(rule: dict[str, Any], position: int | None) -> Any:
     return change
 
 
-def _drop(rule_id: str) -> Any:
+def _drop(rule_id: str) -> FlagChange:
     def change(flag_doc: dict[str, Any]) -> dict[str, Any]:
         return {**flag_doc, "rules": [r for r in flag_doc.get("rules", []) if r["id"] != rule_id]}
     return change
@@ -119,35 +139,30 @@ def _flag_variants(session: Session, key: str) -> dict[str, Any] | None:
     return None if record is None else record.document["variants"]
 
 
-def _validated(runtime: Runtime, session: Session, doc: dict[str, Any]) -> dict[str, Any]:
+def _validated(runtime: Runtime, session: Session, doc: dict[str, Any]) -> Experiment:
     if store.get_layer(session, doc["layer"]) is None:
         raise ValidationError(f"layer {doc['layer']!r} not found", field="layer")
-    canonical = validate_experiment(doc, operators=runtime.operators,
-                                    segment_keys=flag_store.segment_keys(session),
-                                    flag_variants=_flag_variants(session, doc["flag"]))
-    _check_metrics(session, canonical)
-    return canonical
+    experiment = experiment_from_dict(doc, operators=runtime.operators,
+                                      segment_keys=flag_store.segment_keys(session),
+                                      flag_variants=_flag_variants(session, doc["flag"]))
+    _check_metrics(session, experiment)
+    return experiment
 
 
-def _check_metrics(session: Session, doc: dict[str, Any]) -> None:
-    """Referenced metrics must exist; their rows are share-locked so that a concurrent
-    delete of one waits for this write and then sees the reference (PostgreSQL)."""
-    from flagship.experiments.metrics import MetricRecord
-
-    named = [(f"success_metrics.{i}", key) for i, key in enumerate(doc["success_metrics"])]
-    named += [(f"guardrail_metrics.{i}.metric", g["metric"]) for i, g in enumerate(doc["guardrail_metrics"])]
+def _check_metrics(session: Session, experiment: Experiment) -> None:
+    """Referenced metrics must exist (share-locked against a concurrent delete)."""
+    named = [(f"success_metrics.{i}", key) for i, key in enumerate(experiment.success_metrics)]
+    named += [(f"guardrail_metrics.{i}.metric", g.metric)
+              for i, g in enumerate(experiment.guardrail_metrics)]
     if not named:
         return
-    query = sa.select(MetricRecord.key).where(MetricRecord.key.in_([key for _, key in named]))
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    found = set(session.execute(query).scalars())
+    found = store.existing_metric_keys(session, {key for _, key in named})
     for field, key in named:
         if key not in found:
             raise ValidationError(f"no metric {key!r}: create it under /api/v1/metrics first", field=field)
 
 
-# -- experiments: configuration ---------------------------------------------------------------
+# -- configuration --------------------------------------------------------------------------------
 
 def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
     """A draft experiment; its rule is placed on the flag (created from variant values if new)."""
@@ -155,17 +170,18 @@ def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict
         with runtime.change(actor) as tx:
             if store.get_experiment(tx.session, doc["key"]) is not None:
                 raise ConflictError(f"experiment {doc['key']!r} already exists", {"key": ["already exists"]})
-            canonical = _validated(runtime, tx.session, doc)
-            if _flag_variants(tx.session, canonical["flag"]) is None:
+            experiment = _validated(runtime, tx.session, doc)
+            flags.claim_salts(tx, "experiment", experiment.key, set(), {experiment.salt})
+            if _flag_variants(tx.session, experiment.flag) is None:
                 flags.insert_flag(tx, runtime, flag_from_variants(
-                    canonical["flag"], doc["variants"], canonical["key"]), managed=True)
-            flags.rewrite_flag(tx, runtime, canonical["flag"],
-                               _place(_rule(canonical), canonical["rule_position"]), "experiment")
+                    experiment.flag, doc["variants"], experiment.key), managed=True)
+            flags.rewrite_flag(tx, runtime, experiment.flag,
+                               _place(_rule(experiment), experiment.rule_position), "experiment")
             record = ExperimentRecord(
-                key=canonical["key"], flag_key=canonical["flag"], layer_key=canonical["layer"],
-                status="draft", version=_last_version(tx.session, canonical["key"]),
-                document=canonical, ranges=[], created_at=tx.now, created_by=actor,
-                updated_at=tx.now, updated_by=actor)
+                key=experiment.key, flag_key=experiment.flag, layer_key=experiment.layer,
+                status="draft", version=store.last_experiment_version(tx.session, experiment.key),
+                document=experiment_to_dict(experiment), ranges=[], epochs=[], created_at=tx.now,
+                created_by=actor, updated_at=tx.now, updated_by=actor)
             tx.session.add(record)
             _revise(tx, record, "create", None)
             tx.session.flush()
@@ -174,32 +190,61 @@ def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict
     return experiment_view(record)
 
 
-def _last_version(session: Session, key: str) -> int:
-    value = session.execute(sa.select(sa.func.max(ExperimentRevisionRecord.version))
-                            .where(ExperimentRevisionRecord.experiment_key == key)).scalar()
-    return int(value or 0)
-
-
-DESCRIPTIVE = {"name", "description", "hypothesis", "owner", "metadata", "success_metrics",
-               "guardrail_metrics", "minimum_sample_size", "significance_level", "power",
-               "multiple_testing"}
-
-
-def _check_change(record: ExperimentRecord, new: dict[str, Any]) -> None:
+def _check_change(record: ExperimentRecord, new: dict[str, Any]) -> set[str]:
     old = record.document
     changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-    if record.status in ("completed", "terminated") and changed - DESCRIPTIVE:
+    if record.status in FINISHED and changed - DESCRIPTIVE:
         raise ConflictError(f"experiment {record.key!r} is {record.status}: only descriptive fields "
                             f"can change, not {', '.join(sorted(changed - DESCRIPTIVE))}",
                             {"status": [record.status]})
     if record.status != "draft":
-        for name in ("flag", "layer"):
+        for name in ("flag", "layer", "salt"):
             if name in changed:
                 raise ConflictError(f"the {name} of a started experiment cannot change",
                                     {name: [f"experiment is {record.status}"]})
         if [v["variant"] for v in old["variants"]] != [v["variant"] for v in new["variants"]]:
             raise ConflictError("variants of a started experiment cannot be added, removed or "
                                 "renamed (weights may change)", {"variants": ["started"]})
+    return changed
+
+
+def _weights(experiment: Experiment) -> dict[str, float]:
+    return experiment.weights
+
+
+def _new_epoch(record: ExperimentRecord, experiment: Experiment, now: datetime) -> None:
+    """Record the weights now in effect (a new epoch) when they changed after the start."""
+    epochs = list(record.epochs or [])
+    if epochs and epochs[-1]["weights"] == _weights(experiment):
+        return
+    epochs.append({"epoch": len(epochs) + 1, "since": now.isoformat(), "weights": _weights(experiment)})
+    record.epochs = epochs
+
+
+def _apply_config(tx: Tx, runtime: Runtime, record: ExperimentRecord, merged: dict[str, Any],
+                  action: str) -> dict[str, Any]:
+    """Validate and store a new configuration of `record` (update or restore)."""
+    experiment = _validated(runtime, tx.session, merged)
+    canonical = experiment_to_dict(experiment)
+    changed = _check_change(record, canonical)
+    before = _state_doc(record)
+    old = load_experiment(record.document)
+    if "salt" in changed:
+        flags.claim_salts(tx, "experiment", record.key, {old.salt}, {experiment.salt})
+    if record.status in ACTIVE and experiment.traffic_percentage != old.traffic_percentage:
+        record.ranges = _claim(tx.session, record, experiment.traffic_percentage, keep=record.ranges)
+    if record.status in ACTIVE:
+        _new_epoch(record, experiment, tx.now)
+    if experiment.flag != record.flag_key:
+        flags.rewrite_flag(tx, runtime, record.flag_key, _drop(old.rule_id), "experiment")
+        record.flag_key = experiment.flag
+    record.layer_key = experiment.layer
+    if record.status not in FINISHED:
+        position = experiment.rule_position if "rule_position" in changed else None
+        flags.rewrite_flag(tx, runtime, experiment.flag, _place(_rule(experiment), position), "experiment")
+    record.document = canonical
+    _revise(tx, record, action, before)
+    return experiment_view(record)
 
 
 def update_experiment(runtime: Runtime, actor: str, key: str, doc: dict[str, Any],
@@ -211,23 +256,24 @@ def update_experiment(runtime: Runtime, actor: str, key: str, doc: dict[str, Any
         if doc.get("key", key) != key:
             raise ValidationError("an experiment's key cannot change", field="key")
         merged = {**record.document, **doc} if partial else {**doc, "key": key}
-        canonical = _validated(runtime, tx.session, merged)
-        _check_change(record, canonical)
-        before = _state_doc(record)
-        if record.status in ACTIVE and canonical["traffic_percentage"] != record.document["traffic_percentage"]:
-            record.ranges = _claim(tx.session, record, canonical["traffic_percentage"], keep=record.ranges)
-        if canonical["flag"] != record.flag_key:
-            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(RULE_PREFIX + key), "experiment")
-            record.flag_key = canonical["flag"]
-        record.layer_key = canonical["layer"]
-        if record.status not in ("completed", "terminated"):
-            position = canonical["rule_position"] if canonical["rule_position"] != record.document.get(
-                "rule_position") else None
-            flags.rewrite_flag(tx, runtime, canonical["flag"], _place(_rule(canonical), position),
-                               "experiment")
-        record.document = canonical
-        _revise(tx, record, "update", before)
-        return experiment_view(record)
+        return _apply_config(tx, runtime, record, merged, "update")
+
+
+def restore_revision(runtime: Runtime, actor: str, key: str, version: int,
+                     expected: int | None = None) -> dict[str, Any]:
+    """Make the configuration of revision `version` current again (draft or paused only)."""
+    with runtime.change(actor) as tx:
+        record = _require(tx.session, key, lock=True)
+        flags.check_version(record.version, expected, "experiment", key)
+        if record.status not in RESTORABLE:
+            raise ConflictError(f"experiment {key!r} is {record.status}: only the configuration of a "
+                                "draft or paused experiment can be restored", {"status": [record.status]})
+        old = store.experiment_revision(tx.session, key, version)
+        if old is None:
+            raise NotFoundError(f"experiment {key!r} has no revision {version}")
+        config = {k: v for k, v in copy.deepcopy(old.document).items() if k not in ("status", "ranges")}
+        config.setdefault("salt", record.document.get("salt"))
+        return _apply_config(tx, runtime, record, config, "restore")
 
 
 def delete_experiment(runtime: Runtime, actor: str, key: str) -> None:
@@ -238,20 +284,21 @@ def delete_experiment(runtime: Runtime, actor: str, key: str) -> None:
             raise ConflictError(f"experiment {key!r} is {record.status}: only drafts can be deleted "
                                 "(stop it; finished experiments are kept for their results)",
                                 {"status": [record.status]})
+        experiment = load_experiment(record.document)
         if flag_store.get_flag(tx.session, record.flag_key) is not None:
-            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(RULE_PREFIX + key), "experiment")
+            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(experiment.rule_id), "experiment")
+        flags.claim_salts(tx, "experiment", key, {experiment.salt}, set())
         tx.audit("experiment.delete", "experiment", key, _state_doc(record), None)
         tx.session.delete(record)
         bump_snapshot_revision(tx.session)
 
 
-# -- experiments: lifecycle ---------------------------------------------------------------------
+# -- lifecycle ------------------------------------------------------------------------------------
 
 def _claim(session: Session, record: ExperimentRecord, percentage: float,
            keep: list | None = None) -> list:
     """Buckets for `record` in its layer, keeping `keep` (row lock: no double claims)."""
-    session.execute(sa.select(LayerRecord.id).where(LayerRecord.key == record.layer_key)
-                    .with_for_update())
+    store.lock_layer(session, record.layer_key)
     others = [e.ranges for e in store.experiments_in_layer(session, record.layer_key)
               if e.status in ACTIVE and e.key != record.key]
     count = allocation.buckets_for(percentage)
@@ -260,6 +307,7 @@ def _claim(session: Session, record: ExperimentRecord, percentage: float,
 
 
 def _start(tx: Tx, runtime: Runtime, record: ExperimentRecord) -> None:
+    experiment = load_experiment(record.document)
     if flag_store.get_flag(tx.session, record.flag_key) is None:
         raise ConflictError(f"flag {record.flag_key!r} of this experiment no longer exists")
     rivals = [e.key for e in store.experiments_of_flag(tx.session, record.flag_key)
@@ -267,12 +315,17 @@ def _start(tx: Tx, runtime: Runtime, record: ExperimentRecord) -> None:
     if rivals:
         raise ConflictError(f"flag {record.flag_key!r} already has an active experiment: {rivals[0]}",
                             {"flag": [f"active experiment {rivals[0]}"]})
-    end_at = record.document.get("end_at")
-    if end_at and datetime.fromisoformat(end_at) <= tx.now:
-        raise ConflictError("the experiment's window has already ended", {"end_at": [end_at]})
-    record.ranges = _claim(tx.session, record, record.document["traffic_percentage"])
+    if experiment.end_at and experiment.end_at <= tx.now:
+        raise ConflictError("the experiment's window has already ended",
+                            {"end_at": [experiment.end_at.isoformat()]})
+    record.ranges = _claim(tx.session, record, experiment.traffic_percentage)
     record.status, record.started_at = "running", tx.now
-    flags.rewrite_flag(tx, runtime, record.flag_key, _place(_rule(record.document), None), "experiment")
+    _new_epoch(record, experiment, tx.now)
+    flags.rewrite_flag(tx, runtime, record.flag_key, _place(_rule(experiment), None), "experiment")
+
+
+def _finish(record: ExperimentRecord, outcome: str, now: datetime) -> None:
+    record.status, record.ranges, record.ended_at = outcome, [], now
 
 
 def transition(runtime: Runtime, actor: str, key: str, action: str,
@@ -289,11 +342,30 @@ def transition(runtime: Runtime, actor: str, key: str, action: str,
         elif action in ("pause", "resume"):
             record.status = "paused" if action == "pause" else "running"
         else:
-            if outcome not in ("completed", "terminated"):
+            if outcome not in FINISHED:
                 raise ValidationError("must be completed or terminated", field="outcome")
-            record.status, record.ranges, record.ended_at = outcome, [], tx.now
+            _finish(record, outcome, tx.now)
         _revise(tx, record, action, before)
         return experiment_view(record)
+
+
+def complete_ended(runtime: Runtime, now: datetime) -> list[str]:
+    """Complete every active experiment whose `end_at` has passed (a periodic job), freeing
+    its buckets; evaluation already stopped enrolling at `end_at`."""
+    with runtime.db.session() as session:
+        due = [r.key for r in store.experiments(session, ACTIVE)
+               if (end := load_experiment(r.document).end_at) is not None and end <= now]
+    done = []
+    for key in due:
+        with runtime.change("system:schedule") as tx:
+            record = _require(tx.session, key, lock=True)
+            if record.status not in ACTIVE:
+                continue  # someone else finished it meanwhile
+            before = _state_doc(record)
+            _finish(record, "completed", now)
+            _revise(tx, record, "complete", before)
+            done.append(key)
+    return done
 
 
 def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: float) -> dict[str, Any]:
@@ -303,13 +375,14 @@ def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: fl
     """
     with runtime.change(actor) as tx:
         record = _require(tx.session, key, lock=True)
-        rule_id = "rel-" + key
+        experiment = load_experiment(record.document)
+        rule_id = experiment.release_rule_id
         released = flag_store.get_flag(tx.session, record.flag_key)
         has_release = released is not None and any(r["id"] == rule_id for r in released.document["rules"])
         if record.status not in ACTIVE and not (record.status == "completed" and has_release):
             raise ConflictError(f"cannot release experiment {key!r}: it is {record.status}",
                                 {"status": [record.status]})
-        if variant not in {v["variant"] for v in record.document["variants"]}:
+        if variant not in experiment.variant_names:
             raise ValidationError(f"{variant!r} is not a variant of experiment {key!r}", field="variant")
         try:
             percentage = check_percentage(percentage)
@@ -318,17 +391,22 @@ def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: fl
         rule = {"id": rule_id, "kind": "release", "variant": variant, "percentage": percentage,
                 "conditions": record.document["targeting"], "params": {"experiment": key}}
         before = _state_doc(record)
-
-        def swap(flag_doc: dict[str, Any]) -> dict[str, Any]:
-            rules = flag_doc.get("rules", [])
-            at = next((i for i, r in enumerate(rules) if r["id"] in (RULE_PREFIX + key, rule_id)),
-                      min(record.document["rule_position"], len(rules)))
-            rules = [r for r in rules if r["id"] not in (RULE_PREFIX + key, rule_id)]
-            rules.insert(at, rule)
-            return {**flag_doc, "rules": rules}
-
-        flags.rewrite_flag(tx, runtime, record.flag_key, swap, "release")
+        flags.rewrite_flag(tx, runtime, record.flag_key,
+                           _swap_in_release(rule, experiment), "release")
         if record.status in ACTIVE:
-            record.status, record.ranges, record.ended_at = "completed", [], tx.now
+            _finish(record, "completed", tx.now)
         _revise(tx, record, "release", before)
         return experiment_view(record)
+
+
+def _swap_in_release(rule: dict[str, Any], experiment: Experiment) -> FlagChange:
+    ids = (experiment.rule_id, experiment.release_rule_id)
+
+    def swap(flag_doc: dict[str, Any]) -> dict[str, Any]:
+        rules = flag_doc.get("rules", [])
+        at = next((i for i, r in enumerate(rules) if r["id"] in ids),
+                  min(experiment.rule_position, len(rules)))
+        rules = [r for r in rules if r["id"] not in ids]
+        rules.insert(at, rule)
+        return {**flag_doc, "rules": rules}
+    return swap

@@ -25,10 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import mmh3
-
 from flagship.errors import ValidationError
-from flagship.flags.bucketing import BUCKETS, threshold
 from flagship.flags.model import Condition, Flag, Rule, Segment
 from flagship.flags.operators import Operator
 
@@ -166,42 +163,6 @@ def compile_segment(segment: Segment, operators: Mapping[str, Operator]) -> Cond
     return member
 
 
-# -- rule kinds ------------------------------------------------------------------------
-
-def _compile_force(rule: Rule, env: RuleEnv) -> RuleFn:
-    conditions, hit = env.conditions, env.result(rule.variant or "", TARGETING_MATCH, rule.id)
-
-    def force(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
-        for condition in conditions:
-            if not condition(ctx, unit):
-                return None
-        return hit
-
-    return force
-
-
-def _compile_rollout(rule: Rule, env: RuleEnv) -> RuleFn:
-    conditions, hit = env.conditions, env.result(rule.variant or "", SPLIT, rule.id)
-    prefix, cutoff, hash32 = f"{env.flag.salt}:", threshold(rule.percentage or 0), mmh3.hash
-
-    def rollout(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
-        if unit is None:  # nothing stable to hash: rollouts cannot place this context
-            return None
-        for condition in conditions:
-            if not condition(ctx, unit):
-                return None
-        # bucketing.bucket() inlined: this is the hottest line of a rollout.
-        if hash32(prefix + unit, 0, False) % BUCKETS < cutoff:
-            return hit
-        return None  # conditions matched but the bucket missed: fall through
-
-    return rollout
-
-
-# Rule kind -> compiler; model.RULE_KINDS holds the matching validators.
-RULE_COMPILERS: dict[str, RuleCompiler] = {"force": _compile_force, "rollout": _compile_rollout}
-
-
 # -- flags -----------------------------------------------------------------------------
 
 def unit_key(raw: Any) -> str | None:
@@ -229,7 +190,8 @@ def invalid_context(default: Evaluation, message: str) -> Evaluation:
 
 def compile_flag(flag: Flag, operators: Mapping[str, Operator],
                  segments: Mapping[str, ConditionFn],
-                 extras: Mapping[str, Any] | None = None) -> FlagFn:
+                 extras: Mapping[str, Any] | None = None,
+                 kinds: Mapping[str, Any] | None = None) -> FlagFn:
     """Compile a flag into ``fn(context, state=None) -> Evaluation``.
 
     `segments` are compiled segments; `extras` is snapshot-wide data that rule kinds
@@ -244,7 +206,8 @@ def compile_flag(flag: Flag, operators: Mapping[str, Operator],
     allow = {unit: Evaluation(flag.key, flag.variants[v], v, TARGETING_MATCH)
              for unit, v in flag.allowlist.items()}
     block = frozenset(flag.blocklist)
-    rules = tuple(_compile_rule(flag, rule, operators, segments, extras or {})
+    kinds = rule_kinds() if kinds is None else kinds
+    rules = tuple(_compile_rule(flag, rule, operators, segments, extras or {}, kinds)
                   for rule in flag.rules)
 
     def evaluate(context: Any, state: EvalState | None = None) -> Evaluation:
@@ -275,10 +238,18 @@ def compile_flag(flag: Flag, operators: Mapping[str, Operator],
     return evaluate
 
 
+def rule_kinds() -> Mapping[str, Any]:
+    """The rule-kind table (`flagship.flags.rules.RULE_KINDS`), built in one place."""
+    from flagship.flags.rules import RULE_KINDS  # the table imports this module's types
+
+    return RULE_KINDS
+
+
 def _compile_rule(flag: Flag, rule: Rule, operators: Mapping[str, Operator],
-                  segments: Mapping[str, ConditionFn], extras: Mapping[str, Any]) -> RuleFn:
-    compiler = RULE_COMPILERS.get(rule.kind)
-    if compiler is None:
+                  segments: Mapping[str, ConditionFn], extras: Mapping[str, Any],
+                  kinds: Mapping[str, Any]) -> RuleFn:
+    kind = kinds.get(rule.kind)
+    if kind is None:
         raise ValidationError(f"unknown rule kind {rule.kind!r}", field="kind")
     conditions = tuple(compile_condition(c, operators, segments) for c in rule.conditions)
-    return compiler(rule, RuleEnv(flag, conditions, extras))
+    return kind.compile(rule, RuleEnv(flag, conditions, extras))

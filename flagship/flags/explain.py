@@ -1,7 +1,7 @@
 """Explain one flag evaluation step by step, with the raw bucket numbers (the slow path).
 
 `explain` walks the uncompiled models in the order ``compile_flag`` (evaluate.py) and
-``_compile_experiment`` (layers.py) check things, and reuses their matching and hashing
+``_compile_experiment`` (rules.py) check things, and reuses their matching and hashing
 pieces (``compile_condition``, ``unit_key``, ``bucket``, ``pick_variant``...), so only
 the control flow is repeated here. That control flow must stay in lock-step with theirs:
 ``tests/test_explain.py`` compares ``explain`` with ``evaluate`` on generated contexts,
@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 
 from flagship.flags.bucketing import bucket, threshold
 from flagship.flags.evaluate import (
-    DEFAULT, DISABLED, ERROR, GENERAL, RULE_COMPILERS, SPLIT, TARGETING_MATCH, UNIT_ATTRIBUTES,
+    DEFAULT, DISABLED, ERROR, GENERAL, SPLIT, TARGETING_MATCH, UNIT_ATTRIBUTES,
     ConditionFn, EvalState, Evaluation, RuleEnv, compile_condition, invalid_context, unit_key)
-from flagship.flags.traffic import ACTIVE, _in_window, pick_variant, variant_cutoffs
+from flagship.flags.evaluate import rule_kinds
+from flagship.flags.traffic import ACTIVE, in_window, pick_variant, variant_cutoffs
 from flagship.flags.model import Condition, Flag, Rule, Segment, condition_to_dict
 from flagship.flags.operators import Operator
 
@@ -259,7 +260,7 @@ def _rollout(rule: Rule, env: _Env, step: Step) -> Evaluation | None:
 
 
 def _release(rule: Rule, env: _Env, step: Step) -> Evaluation | None:
-    # layers._compile_release: its own salt, so the ramp is independent of other rollouts;
+    # rules._compile_release: its own salt, so the ramp is independent of other rollouts;
     # a released winner is served outside the experiment (no `experiment` in the result)
     return _ramp(rule, env, step, f"{rule.params.get('salt') or env.flag.salt + ':release'}")
 
@@ -288,7 +289,7 @@ def _ramp(rule: Rule, env: _Env, step: Step, salt: str) -> Evaluation | None:
 def _compiled_only(rule: Rule, env: _Env, step: Step) -> Evaluation | None:
     """A plugin rule kind: no explainer here, so run its compiled rule for the outcome."""
     conditions = tuple(compile_condition(c, env.operators, env.members) for c in rule.conditions)
-    run = RULE_COMPILERS[rule.kind](rule, RuleEnv(env.flag, conditions, env.extras))
+    run = rule_kinds()[rule.kind].compile(rule, RuleEnv(env.flag, conditions, env.extras))
     outcome = run(env.context, env.unit, env.state)
     step.update(matched=outcome is not None,
                 variant=outcome.variant if outcome is not None else None,
@@ -344,7 +345,7 @@ def _enrol_running(rule: Rule, compiled: Any, names: list[str], sticky: Mapping[
         return None, f"experiment is {spec.status}: only units with a sticky record are served"
     if unit in frozenset(spec.blocklist):
         return None, "blocklisted in the experiment"
-    if not _in_window(spec, env.state):
+    if not in_window(spec, env.state):
         return None, _window_why(env.state)
     held = [other for other in sorted(compiled.rivals) if other in sticky]
     if held:
@@ -360,7 +361,7 @@ def _enrol_running(rule: Rule, compiled: Any, names: list[str], sticky: Mapping[
         return None, "filtered: targeting did not match; not handed to another experiment"
     weights = tuple(v for v in spec.variants if v.variant in env.flag.variants)
     cutoffs = variant_cutoffs(weights)
-    variant, number = pick_variant(spec.key, unit, names, cutoffs)
+    variant, number = pick_variant(spec.variant_salt, unit, names, cutoffs)
     up_to = next(c for c in cutoffs if c > number)  # pick_variant's bisect_right
     return (_serve(env.flag, variant, SPLIT, rule.id, spec.key),
             f"bucket {layer_bucket} belongs to this experiment; variant bucket {number} "
@@ -385,7 +386,7 @@ def _experiment_facts(key: str, compiled: Any, env: _Env) -> Step:
     weights = tuple(v for v in spec.variants if v.variant in env.flag.variants)
     cutoffs = variant_cutoffs(weights)
     facts.update(status=spec.status, layer=spec.layer, layer_salt=compiled.layer_salt,
-                 in_window=_safe(lambda: _in_window(spec, state)),
+                 in_window=_safe(lambda: in_window(spec, state)),
                  variant_cutoffs=[{"variant": v.variant, "up_to": c}
                                   for v, c in zip(weights, cutoffs)])
     if unit is None:
@@ -401,7 +402,7 @@ def _experiment_facts(key: str, compiled: Any, env: _Env) -> Step:
         held_by=_safe(lambda: next((o for o in sorted(compiled.rivals) if o in sticky), None)))
     if weights:
         names = [v.variant for v in weights]
-        facts["variant_bucket"] = pick_variant(spec.key, unit, names, cutoffs)[1]
+        facts["variant_bucket"] = pick_variant(spec.variant_salt, unit, names, cutoffs)[1]
     return facts
 
 

@@ -42,7 +42,7 @@ class Condition:
 
 @dataclass(frozen=True, kw_only=True)
 class Rule:
-    """A targeting rule; ``kind`` picks how it is validated and compiled (see RULE_KINDS)."""
+    """A targeting rule; ``kind`` picks how it is validated and compiled (flags/rules.py)."""
 
     id: str
     kind: str
@@ -247,31 +247,11 @@ KindFields = tuple[str | None, float | None, dict[str, Any]]
 KindValidator = Callable[[Mapping[str, Any], Mapping[str, Any], str], KindFields]
 
 
-def _no_params(doc: Mapping[str, Any], path: str, kind: str) -> None:
-    if doc.get("params"):
-        _fail(_at(path, "params"), f"{kind} rules take no params")
+def rule_kinds() -> Mapping[str, Any]:
+    """The rule-kind table (`flagship.flags.rules.RULE_KINDS`), built in one place."""
+    from flagship.flags.rules import RULE_KINDS  # the table imports this module's helpers
 
-
-def _force_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> KindFields:
-    if doc.get("percentage") is not None:
-        _fail(_at(path, "percentage"), "force rules take no percentage; use a rollout rule")
-    _no_params(doc, path, "force")
-    return _variant_ref(_get(doc, "variant", path), variants, _at(path, "variant")), None, {}
-
-
-def _rollout_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> KindFields:
-    _no_params(doc, path, "rollout")
-    variant = _variant_ref(_get(doc, "variant", path), variants, _at(path, "variant"))
-    try:
-        percentage = check_percentage(_get(doc, "percentage", path))
-    except ValueError as err:
-        _fail(_at(path, "percentage"), str(err))
-    return variant, percentage, {}
-
-
-# Rule kind -> validator of its kind-specific fields. evaluate.RULE_COMPILERS holds the
-# matching compilers; a new kind (experiment, release) registers in both.
-RULE_KINDS: dict[str, KindValidator] = {"force": _force_fields, "rollout": _rollout_fields}
+    return RULE_KINDS
 
 
 def _rule_ids(docs: list[Any], path: str) -> list[str]:
@@ -289,19 +269,19 @@ def _rule_ids(docs: list[Any], path: str) -> list[str]:
 
 
 def _rules(value: Any, variants: Mapping[str, Any], operators: Mapping[str, Operator],
-           segment_keys: Collection[str] | None) -> tuple[Rule, ...]:
+           segment_keys: Collection[str] | None, kinds: Mapping[str, Any]) -> tuple[Rule, ...]:
     docs = _list(value, "rules")
     rules = []
     for index, (doc, rule_id) in enumerate(zip(docs, _rule_ids(docs, "rules"))):
         path = _at("rules", index)
         _object(doc, path, "rule", _RULE_FIELDS)
         kind = _get(doc, "kind", path)
-        validator = RULE_KINDS.get(kind) if isinstance(kind, str) else None
-        if validator is None:
-            _fail(_at(path, "kind"), f"unknown rule kind {kind!r}; known: {', '.join(RULE_KINDS)}")
+        spec = kinds.get(kind) if isinstance(kind, str) else None
+        if spec is None:
+            _fail(_at(path, "kind"), f"unknown rule kind {kind!r}; known: {', '.join(kinds)}")
         conditions = _conditions(_get(doc, "conditions", path, []), _at(path, "conditions"),
                                  operators, segment_keys, in_segment=False)
-        variant, percentage, params = validator(doc, variants, path)
+        variant, percentage, params = spec.fields(doc, variants, path)
         rules.append(Rule(id=rule_id, kind=kind, conditions=conditions, variant=variant,
                           percentage=percentage, params=params))
     return tuple(rules)
@@ -323,7 +303,8 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
 # -- flags and segments ----------------------------------------------------------------
 
 def flag_from_dict(doc: Any, operators: Mapping[str, Operator],
-                   segment_keys: Collection[str] | None = None) -> Flag:
+                   segment_keys: Collection[str] | None = None,
+                   kinds: Mapping[str, Any] | None = None) -> Flag:
     """Validate a flag document and return the Flag; raise ValidationError naming the field."""
     _object(doc, "", "flag", _FLAG_FIELDS)
     key = _key(_get(doc, "key", ""), "key")
@@ -345,7 +326,8 @@ def flag_from_dict(doc: Any, operators: Mapping[str, Operator],
         off_variant=_variant_ref(_get(doc, "off_variant", "", default_variant), variants,
                                  "off_variant"),
         enabled=_bool(_get(doc, "enabled", "", True), "enabled"),
-        rules=_rules(_get(doc, "rules", "", []), variants, operators, segment_keys),
+        rules=_rules(_get(doc, "rules", "", []), variants, operators, segment_keys,
+                     rule_kinds() if kinds is None else kinds),
         allowlist=dict(allowlist), blocklist=blocklist,
         salt=_string(_get(doc, "salt", "", key), "salt", empty=False),
         description=_string(_get(doc, "description", "", ""), "description"),

@@ -58,8 +58,31 @@ def check_version(current: int, expected: int | None, kind: str, key: str) -> No
             "your change again", {"version": [f"current version is {current}"]})
 
 
+def flag_salts(doc: dict[str, Any] | None) -> set[str]:
+    """The salts a flag document hashes with: its rollouts' and its release rules'."""
+    if not doc:
+        return set()
+    salt = doc.get("salt") or doc["key"]
+    salts = {salt}
+    for rule in doc.get("rules", []):
+        if rule.get("kind") == "release":
+            salts.add((rule.get("params") or {}).get("salt") or f"{salt}:release")
+    return salts
+
+
+def claim_salts(tx: Tx, owner_type: str, owner_key: str, before: set[str], after: set[str]) -> None:
+    """Refuse a new salt another object hashes with (409 naming it); record the change."""
+    clash = store.claim_salts(tx.session, owner_type, owner_key, after - before, before - after)
+    if clash is not None:
+        salt, other_type, other_key = clash
+        raise ConflictError(f"salt {salt!r} is already used by {other_type} {other_key!r}: units "
+                            "would split along the same line in both; choose another salt",
+                            {"salt": [f"used by {other_type} {other_key}"]})
+
+
 def _record_revision(tx: Tx, key: str, version: int, action: str,
                      before: dict | None, after: dict) -> None:
+    claim_salts(tx, "flag", key, flag_salts(before), flag_salts(after))
     tx.session.add(FlagRevisionRecord(
         flag_key=key, version=version, action=action, actor=tx.actor, created_at=tx.now,
         document=after, diff=json_diff(before or {}, after)))
@@ -205,6 +228,7 @@ def delete_flag(runtime: Runtime, actor: str, key: str, expected: int | None = N
                                 "delete them first", {"experiments": managed})
         before = record.document
         tx.session.delete(record)
+        claim_salts(tx, "flag", key, flag_salts(before), set())
         tx.session.add(FlagRevisionRecord(
             flag_key=key, version=record.version + 1, action="delete", actor=actor,
             created_at=tx.now, document=before, diff=json_diff(before, {})))

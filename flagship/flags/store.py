@@ -127,3 +127,43 @@ def last_revision_version(session: Session, key: str) -> int:
     value = session.execute(sa.select(sa.func.max(FlagRevisionRecord.version))
                             .where(FlagRevisionRecord.flag_key == key)).scalar()
     return int(value or 0)
+
+
+class HashSaltRecord(SQLModel, table=True):
+    """Who hashes with which salt: flags, release rules, layers and experiments each own theirs.
+
+    Salts are global (bucketing ignores everything else), so two objects sharing one
+    would split their units along the same line; a new or changed salt that another
+    object already owns is refused.
+    """
+
+    __tablename__ = "hash_salts"
+    salt: str = Field(sa_column=Column(sa.String(256), primary_key=True))
+    owner_type: str = Field(sa_column=Column(sa.String(32), nullable=False))
+    owner_key: str = Field(sa_column=Column(sa.String(128), nullable=False))
+
+
+def salt_owner(session: Session, salt: str) -> tuple[str, str] | None:
+    """(owner type, owner key) of a salt in use, or None."""
+    row = session.execute(sa.select(HashSaltRecord.owner_type, HashSaltRecord.owner_key)
+                          .where(HashSaltRecord.salt == salt)).first()
+    return (row[0], row[1]) if row else None
+
+
+def claim_salts(session: Session, owner_type: str, owner_key: str, added: set[str],
+                removed: set[str]) -> tuple[str, str, str] | None:
+    """Record `owner` hashing with `added` and no longer with `removed`; return
+    (salt, other type, other key) instead if another object owns one of `added`."""
+    for salt in sorted(added):
+        other = salt_owner(session, salt)
+        if other is not None and other != (owner_type, owner_key):
+            return salt, other[0], other[1]
+    if removed:
+        session.execute(sa.delete(HashSaltRecord).where(
+            HashSaltRecord.salt.in_(sorted(removed)), HashSaltRecord.owner_type == owner_type,
+            HashSaltRecord.owner_key == owner_key))
+    for salt in sorted(added):
+        if salt_owner(session, salt) is None:
+            session.add(HashSaltRecord(salt=salt, owner_type=owner_type, owner_key=owner_key))
+    session.flush()
+    return None

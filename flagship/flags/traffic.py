@@ -1,12 +1,19 @@
-"""Layers and experiments as the evaluation core sees them, and the two rule kinds
-that use them: ``experiment`` and ``release`` (seed 004).
+"""Layers and experiments as the evaluation core sees them (seed 004); the rule kinds
+that use them are in `flagship.flags.rules`.
 
 A layer hashes every unit into 10,000 buckets with its own salt; each active
 experiment owns disjoint bucket ranges (mutual exclusion inside the layer, independence
 across layers). Inside its buckets an experiment picks the variant with a second hash
-salted with the experiment key, weighted by the variant weights. A unit in the buckets
-that fails the targeting (the experiment rule's conditions) is not in the experiment and is never handed to another one
-of the layer: its flag falls through to the next rule.
+salted with the experiment's own salt, weighted by the variant weights. A unit in the
+buckets that fails the targeting (the experiment rule's conditions) is not in the
+experiment and is never handed to another one of the layer: its flag falls through to
+the next rule.
+
+Hash streams never collide by default: flag rollouts hash ``"{flag salt}:{unit}"`` with
+the flag key as salt, layers ``"layer:{key}"``, experiments ``"experiment:{key}"`` and
+release rules ``"{flag salt}:release"``. A snapshot document without a salt (written
+before salts were namespaced) falls back to the object's key, which is what those
+objects used.
 
 Sticky records (``EvalState.sticky``) win over the hash: a unit keeps its first
 variant while the experiment is running or paused, and a unit held by another active
@@ -23,11 +30,9 @@ from typing import Any, Mapping
 import mmh3
 
 from flagship.errors import ValidationError
-from flagship.flags import evaluate, model
-from flagship.flags.bucketing import BUCKETS, check_percentage, threshold
-from flagship.flags.evaluate import (SPLIT, TARGETING_MATCH, Context, EvalState, Evaluation,
-                                     RuleEnv, RuleFn)
-from flagship.flags.model import Rule
+from flagship.flags import model
+from flagship.flags.bucketing import BUCKETS
+from flagship.flags.evaluate import EvalState
 
 ACTIVE = ("running", "paused")
 STATUSES = ("draft", "running", "paused", "completed", "terminated")
@@ -62,6 +67,12 @@ class ExperimentSpec:
     blocklist: tuple[str, ...] = ()
     start_at: float | None = None  # epoch seconds
     end_at: float | None = None
+    salt: str = ""  # the variant hash's salt; "" means the key (documents from before salts)
+    epoch: int = 1  # the weights' configuration epoch (recorded with each assignment)
+
+    @property
+    def variant_salt(self) -> str:
+        return self.salt or self.key
 
 
 def _epoch(value: Any, path: str) -> float | None:
@@ -117,7 +128,22 @@ def experiment_from_dict(doc: Any, path: str = "experiment") -> ExperimentSpec:
         allowlist=dict(doc.get("allowlist") or {}),
         blocklist=tuple(doc.get("blocklist") or ()),
         start_at=_epoch(doc.get("start_at"), f"{path}.start_at"),
-        end_at=_epoch(doc.get("end_at"), f"{path}.end_at"))
+        end_at=_epoch(doc.get("end_at"), f"{path}.end_at"),
+        salt=_salt(doc.get("salt"), f"{path}.salt"), epoch=_positive(doc.get("epoch", 1), f"{path}.epoch"))
+
+
+def _salt(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError("must be a string", field=path)
+    return value
+
+
+def _positive(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError("must be a positive integer", field=path)
+    return value
 
 
 def experiment_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
@@ -127,7 +153,8 @@ def experiment_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
             "variants": [{"variant": v.variant, "weight": v.weight, "is_control": v.is_control}
                          for v in spec.variants],
             "allowlist": dict(spec.allowlist), "blocklist": list(spec.blocklist),
-            "start_at": _iso(spec.start_at), "end_at": _iso(spec.end_at)}
+            "start_at": _iso(spec.start_at), "end_at": _iso(spec.end_at),
+            "salt": spec.variant_salt, "epoch": spec.epoch}
 
 
 def layer_to_dict(layer: Layer) -> dict[str, Any]:
@@ -162,92 +189,23 @@ def variant_cutoffs(variants: tuple[VariantWeight, ...]) -> list[int]:
     return cutoffs
 
 
-def pick_variant(experiment_key: str, unit: str, names: list[str], cutoffs: list[int]) -> tuple[str, int]:
-    """The variant of `unit` in the experiment (second hash, salted with its key)."""
-    bucket = mmh3.hash(f"{experiment_key}:{unit}", 0, False) % BUCKETS
+def pick_variant(salt: str, unit: str, names: list[str], cutoffs: list[int]) -> tuple[str, int]:
+    """The variant of `unit` in the experiment (second hash, salted with the experiment's salt)."""
+    bucket = mmh3.hash(f"{salt}:{unit}", 0, False) % BUCKETS
     return names[min(bisect.bisect_right(cutoffs, bucket), len(names) - 1)], bucket
 
 
-# -- rule kinds --------------------------------------------------------------------------
-
-def _experiment_param(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
-    params = doc.get("params")
-    if not isinstance(params, Mapping) or not isinstance(params.get("experiment"), str):
-        raise ValidationError("needs params.experiment, the experiment key",
-                              field=f"{path}.params.experiment")
-    return dict(params)
-
-
-def _experiment_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> model.KindFields:
-    for name in ("variant", "percentage"):
-        if doc.get(name) is not None:
-            raise ValidationError("experiment rules take their split from the experiment",
-                                  field=f"{path}.{name}")
-    params = _experiment_param(doc, path)
-    unknown = sorted(set(params) - {"experiment"})
-    if unknown:
-        raise ValidationError(f"unknown param {unknown[0]!r}", field=f"{path}.params.{unknown[0]}")
-    return None, None, params
-
-
-def _release_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> model.KindFields:
-    params = _experiment_param(doc, path)
-    variant = model._variant_ref(doc.get("variant"), variants, f"{path}.variant")
-    try:
-        percentage = check_percentage(doc.get("percentage"))
-    except ValueError as err:
-        raise ValidationError(str(err), field=f"{path}.percentage") from None
-    return variant, percentage, params
-
-
 @dataclass(frozen=True)
-class _Compiled:
+class CompiledExperiment:
+    """An experiment as its rule compiler needs it, shared by the flags of one snapshot."""
+
     spec: ExperimentSpec
     layer_salt: str
     owners: list[str | None]
     rivals: frozenset[str]  # other active experiments of the same layer
 
 
-def _compile_experiment(rule: Rule, env: RuleEnv) -> RuleFn:
-    compiled: _Compiled | None = env.extras.get("experiments", {}).get(rule.params["experiment"])
-    if compiled is None or compiled.spec.status not in ACTIVE or compiled.spec.flag != env.flag.key:
-        return lambda ctx, unit, state: None  # inert: draft, finished or unknown experiment
-    spec, hash32, owners = compiled.spec, mmh3.hash, compiled.owners
-    names = [v.variant for v in spec.variants if v.variant in env.flag.variants]
-    if not names:
-        return lambda ctx, unit, state: None
-    cutoffs = variant_cutoffs(tuple(v for v in spec.variants if v.variant in env.flag.variants))
-    split = {n: env.result(n, SPLIT, rule.id, spec.key) for n in names}
-    forced = {u: env.result(v, TARGETING_MATCH, rule.id, spec.key)
-              for u, v in spec.allowlist.items() if v in env.flag.variants}
-    blocked, targeting, rivals = frozenset(spec.blocklist), env.conditions, compiled.rivals
-    layer_prefix, running = f"{compiled.layer_salt}:", spec.status == "running"
-
-    def experiment(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
-        if unit is None:
-            return None
-        sticky = state.sticky if state is not None else {}
-        kept = sticky.get(spec.key)
-        if kept is not None and kept in split:
-            return split[kept]  # enrolled units keep their variant (running or paused)
-        hit = forced.get(unit)
-        if hit is not None:
-            return hit
-        if not running or unit in blocked or not _in_window(spec, state):
-            return None
-        if rivals and any(other in sticky for other in rivals):
-            return None  # held by another experiment of this layer
-        if owners[hash32(layer_prefix + unit, 0, False) % BUCKETS] != spec.key:
-            return None
-        for condition in targeting:
-            if not condition(ctx, unit):
-                return None  # filtered after allocation: not handed to anyone else
-        return split[pick_variant(spec.key, unit, names, cutoffs)[0]]
-
-    return experiment
-
-
-def _in_window(spec: ExperimentSpec, state: EvalState | None) -> bool:
+def in_window(spec: ExperimentSpec, state: EvalState | None) -> bool:
     if spec.start_at is None and spec.end_at is None:
         return True
     if state is None:
@@ -256,40 +214,18 @@ def _in_window(spec: ExperimentSpec, state: EvalState | None) -> bool:
             and (spec.end_at is None or state.now < spec.end_at))
 
 
-def _compile_release(rule: Rule, env: RuleEnv) -> RuleFn:
-    conditions = env.conditions
-    # a released winner is served outside the experiment: no `experiment`, no exposure
-    hit = env.result(rule.variant or "", SPLIT, rule.id)
-    # its own salt: the release ramp is independent of the flag's other rollouts
-    prefix = f"{rule.params.get('salt') or env.flag.salt + ':release'}:"
-    cutoff, hash32 = threshold(rule.percentage or 0), mmh3.hash
-
-    def release(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
-        if unit is None:
-            return None
-        for condition in conditions:
-            if not condition(ctx, unit):
-                return None
-        return hit if hash32(prefix + unit, 0, False) % BUCKETS < cutoff else None
-
-    return release
-
-
 def compile_extras(layers: list[Layer], experiments: list[ExperimentSpec]) -> dict[str, Any]:
     """Snapshot-wide data the experiment rule compiler reads (built once per snapshot)."""
     by_layer: dict[str, list[ExperimentSpec]] = {}
     for spec in experiments:
         by_layer.setdefault(spec.layer, []).append(spec)
     salts = {layer.key: layer.salt for layer in layers}
-    compiled: dict[str, _Compiled] = {}
+    compiled: dict[str, CompiledExperiment] = {}
     for layer_key, specs in by_layer.items():
         owners = owner_table(specs)
         active = {s.key for s in specs if s.status in ACTIVE}
         for spec in specs:
-            compiled[spec.key] = _Compiled(spec, salts.get(layer_key, layer_key), owners,
+            compiled[spec.key] = CompiledExperiment(spec, salts.get(layer_key, layer_key), owners,
                                            frozenset(active - {spec.key}))
     return {"experiments": compiled}
 
-
-model.RULE_KINDS.update({"experiment": _experiment_fields, "release": _release_fields})
-evaluate.RULE_COMPILERS.update({"experiment": _compile_experiment, "release": _compile_release})

@@ -63,7 +63,7 @@ class Evaluator:
     def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
         spec = snapshot.experiments[result.experiment]
         kept, new = self.assignments.assign(Assignment(
-            result.experiment, unit, result.variant, spec.layer, self.clock()))
+            result.experiment, unit, result.variant, spec.layer, self.clock(), spec.epoch))
         if kept.variant != result.variant:  # a concurrent request assigned first: theirs holds
             flag = snapshot.flags[result.flag_key]
             result = replace(result, variant=kept.variant, value=flag.variants[kept.variant])

@@ -1,4 +1,4 @@
-"""REST endpoints for events in (single and batch) and the live experiment monitor."""
+"""REST endpoints for events in (single and batch) and the store's data-quality counters."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +10,7 @@ from flask_smorest import abort
 from flagship.api import make_blueprint, requires, runtime
 from flagship.experiments import ingest
 
-blp = make_blueprint("events", "Events in, and the live experiment monitor")
+blp = make_blueprint("events", "Events in, and data quality")
 
 
 def _body() -> Any:
@@ -62,36 +62,13 @@ class EventBatch(MethodView):
         return ingest.ingest(runtime(), items).to_dict()
 
 
-@blp.route("/experiments/<key>/monitor")
-class Monitor(MethodView):
+@blp.route("/events/quality")
+class EventQuality(MethodView):
     @requires("admin")
     @blp.response(200)
-    def get(self, key: str) -> dict[str, Any]:
-        """Live: exposures per variant (total, per hour), event volume and means per metric,
-        the sample-ratio check, progress to the minimum sample size, data-quality counters"""
-        from flagship.experiments.monitor import monitor
+    def get(self) -> dict[str, Any]:
+        """The whole store's data-quality counters (accepted, duplicate, rejected, late) and
+        the events and exposures not yet aggregated"""
+        from flagship.experiments.monitor import data_quality
 
-        return monitor(runtime(), key)
-
-
-@blp.route("/experiments/<key>/results")
-class Results(MethodView):
-    @requires("admin")
-    @blp.response(200)
-    def get(self, key: str) -> dict[str, Any]:
-        """SRM check, then per metric: variants, tests, CIs, lifts, adjusted and always-valid
-        p-values, power and sample still needed; guardrails; a decision"""
-        from flagship.experiments.results import results
-
-        return results(runtime(), key)
-
-
-@blp.route("/experiments/<key>/metrics/<metric>")
-class MetricResults(MethodView):
-    @requires("admin")
-    @blp.response(200)
-    def get(self, key: str, metric: str) -> dict[str, Any]:
-        """One metric's results plus its cumulative daily series (lift and CI per day)"""
-        from flagship.experiments.series import metric_report
-
-        return metric_report(runtime(), key, metric)
+        return data_quality(runtime())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 
 from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
@@ -157,6 +158,18 @@ class ExperimentRevisions(MethodView):
         """Every configuration and state change: who, when, document and diff"""
         items, total = service.list_experiment_revisions(runtime(), key, args["page"], args["per_page"])
         return page_body(items, total, args["page"], args["per_page"])
+
+
+@blp.route("/experiments/<key>/revisions/<int:version>/restore")
+class ExperimentRevisionRestore(MethodView):
+    @requires("admin")
+    @blp.response(200, schemas.ExperimentSchema)
+    def post(self, key: str, version: int) -> Any:
+        """Make revision `version`'s configuration current again (draft or paused experiments;
+        a new revision; If-Match or `version` optional)"""
+        body = request.get_json(silent=True) if request.content_length else None
+        expected = expected_version(body if isinstance(body, dict) else None)
+        return versioned(service.restore_revision(runtime(), actor(), key, version, expected))
 
 
 @blp.route("/experiments/<key>/assign")

@@ -10,11 +10,12 @@ from marshmallow import fields, validate
 from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, page_schema,
                           requires, runtime, versioned)
 from flagship.experiments import metrics
+from flagship.experiments.model import DIRECTIONS, EVENT_MAX, METRIC_KINDS
 from flagship.flags.schemas import KEY
 
 blp = make_blueprint("metrics", "Metric definitions")
 
-EVENT = validate.Length(min=1, max=metrics.EVENT_MAX)
+EVENT = validate.Length(min=1, max=EVENT_MAX)
 
 
 class MetricBodySchema(ma.Schema):
@@ -24,13 +25,14 @@ class MetricBodySchema(ma.Schema):
     name = fields.String(validate=validate.Length(max=256))
     event = fields.String(required=True, validate=EVENT,
                           metadata={"description": "event name; names starting with '$' are reserved"})
-    kind = fields.String(required=True, validate=validate.OneOf(metrics.KINDS), metadata={
-        "description": "conversion (did the event at least once), sum or mean of values per unit, "
+    kind = fields.String(required=True, validate=validate.OneOf(METRIC_KINDS), metadata={
+        "description": "conversion (did the event at least once), sum of values per unit, mean "
+                       "event value (total value / events, over units with events), "
                        "count of events per unit, ratio (sum of event / sum of denominator_event "
                        "per unit, delta method)"})
     denominator_event = fields.String(allow_none=True, validate=EVENT,
                                       metadata={"description": "required for ratio metrics only"})
-    direction = fields.String(validate=validate.OneOf(metrics.DIRECTIONS),
+    direction = fields.String(validate=validate.OneOf(DIRECTIONS),
                               metadata={"description": "which way is good (default increase)"})
     winsorize_percentile = fields.Float(
         allow_none=True, allow_nan=False,

@@ -10,7 +10,9 @@ REPEATABLE READ behind an advisory lock), pairs
 then marks both sets aggregated. Each (event, exposure) pair is therefore folded in
 exactly once, whichever of the two arrived first. An event counts for an experiment's
 metric when it comes at or after the unit's first exposure and inside the experiment's
-window; events before the exposure feed the pre-exposure value (for CUPED).
+window; events before the exposure feed the pre-exposure value (for CUPED). Every
+post-exposure pair also counts as an accepted (and maybe late) event of that experiment
+for its data-quality counters.
 """
 from __future__ import annotations
 
@@ -20,43 +22,18 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
-from sqlmodel import Column, Field, SQLModel
 
-from flagship.db import Database
+from flagship.db import Database, upsert
+from flagship.experiments.model import Metric, load_experiment
 from flagship.experiments.store import sums
-from flagship.experiments.ingest import EventRecord
-from flagship.experiments.metrics import Metric, metrics_by_key
-from flagship.experiments.store.assignments import ExposureRecord
-from flagship.experiments.store.config import ExperimentRecord
+from flagship.experiments.store.config import metrics_by_key
+from flagship.experiments.store.sums import COUNTERS, HOUR
+from flagship.experiments.store.tables import (AggregationStateRecord, EventRecord, ExperimentQualityRecord,
+                                               ExperimentRecord, ExposureCountRecord, ExposureRecord,
+                                               UnitMetricRecord)
 
 CHUNK = 500
-COUNTERS = ("post_sum", "post_count", "den_sum", "den_count", "pre_sum", "pre_count", "pre_den_sum")
-
-
-class UnitMetricRecord(SQLModel, table=True):
-    """One unit's accumulated values for one metric of one experiment."""
-
-    __tablename__ = "unit_metrics"
-    __table_args__ = {"sqlite_with_rowid": False}
-    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    metric_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    unit: str = Field(sa_column=Column(sa.String(256), primary_key=True))
-    variant: str
-    post_sum: float = 0.0
-    post_count: int = 0
-    den_sum: float = 0.0
-    den_count: int = 0
-    pre_sum: float = 0.0
-    pre_count: int = 0
-    pre_den_sum: float = 0.0
-
-
-class AggregationStateRecord(SQLModel, table=True):
-    """The metric definitions an experiment's unit rows were built with."""
-
-    __tablename__ = "aggregation_state"
-    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    signature: str
+LATE_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -75,10 +52,11 @@ class Plan:
         metrics = "|".join(f"{m.key}:{m.event}:{m.kind}:{m.denominator_event or ''}"
                            for m in sorted(self.metrics, key=lambda m: m.key))
         end = self.end.isoformat() if self.end else ""
-        return f"{self.start.isoformat()}..{end};{metrics}"
+        return f"v2;{self.start.isoformat()}..{end};{metrics}"
 
 
-def _utc(value: Any) -> Any:
+def utc(value: Any) -> Any:
+    """Aware UTC datetimes from what the backends hand back (SQLite drops tzinfo)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if isinstance(value, datetime) and value.tzinfo is None:
@@ -86,35 +64,34 @@ def _utc(value: Any) -> Any:
     return value
 
 
+def period(value: Any) -> int:
+    """The hour (epoch seconds // 3600) a timestamp falls in."""
+    return int(utc(value).timestamp() // HOUR)
+
+
 def _plans(conn: sa.Connection) -> dict[str, Plan]:
     table = ExperimentRecord.__table__
     records = conn.execute(sa.select(table).where(table.c.started_at.is_not(None))).all()
-    wanted = {k for r in records for k in metric_keys(r.document)}
-    with sa.orm.Session(bind=conn) as session:
-        metrics = metrics_by_key(session, wanted)
+    experiments = {r.key: load_experiment(r.document) for r in records}
+    metrics = metrics_by_key(conn, {k for e in experiments.values() for k in e.metric_keys})
     plans = {}
     for record in records:
-        doc = record.document
-        starts = [t for t in (_utc(record.started_at), _utc(doc.get("start_at"))) if t]
-        ends = [t for t in (_utc(record.ended_at), _utc(doc.get("end_at"))) if t]
-        chosen = tuple(metrics[k] for k in metric_keys(doc) if k in metrics)
+        experiment = experiments[record.key]
+        start, end = experiment.window(utc(record.started_at), utc(record.ended_at))  # type: ignore[misc]
+        chosen = tuple(metrics[k] for k in experiment.metric_keys if k in metrics)
         # a plan even without metrics: its signature records that nothing was counted, so
         # metrics added later are rebuilt from history instead of starting from now
-        plans[record.key] = Plan(record.key, max(starts), min(ends) if ends else None, chosen)
+        plans[record.key] = Plan(record.key, start, end, chosen)
     return plans
 
 
-def metric_keys(doc: dict[str, Any]) -> list[str]:
-    """Success then guardrail metric keys of an experiment document, without repeats."""
-    keys = list(doc.get("success_metrics", [])) + [g["metric"] for g in doc.get("guardrail_metrics", [])]
-    return list(dict.fromkeys(keys))
-
-
 class Deltas:
-    """Accumulates per (experiment, metric, unit) increments for one round."""
+    """Accumulates per (experiment, metric, unit, hour) increments and quality counts."""
 
-    def __init__(self, plans: dict[str, Plan]) -> None:
-        self.rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    def __init__(self, plans: dict[str, Plan], late_after: float = LATE_AFTER) -> None:
+        self.rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        self.quality: dict[tuple[str, datetime, str], int] = {}
+        self.plans, self.late_after = plans, late_after
         self._by_event: dict[str, list[tuple[Plan, Metric, str]]] = {}
         for plan in plans.values():
             for metric in plan.metrics:
@@ -126,9 +103,22 @@ class Deltas:
     def event_names(self) -> set[str]:
         return set(self._by_event)
 
+    def count(self, event: Any, exposure: Any) -> None:
+        """Count a post-exposure event for the experiment's data-quality counters."""
+        if exposure.experiment_key not in self.plans:
+            return
+        ts, received = utc(event.timestamp), utc(event.received_at)
+        if ts < utc(exposure.assigned_at):
+            return
+        hour = received.replace(minute=0, second=0, microsecond=0)
+        kinds = ("accepted", "late") if (received - ts).total_seconds() > self.late_after else ("accepted",)
+        for kind in kinds:
+            key = (exposure.experiment_key, hour, kind)
+            self.quality[key] = self.quality.get(key, 0) + 1
+
     def pair(self, event: Any, exposure: Any) -> None:
         """Fold one (event, exposure) pair in."""
-        ts, assigned = _utc(event.timestamp), _utc(exposure.assigned_at)
+        ts, assigned = utc(event.timestamp), utc(exposure.assigned_at)
         for plan, metric, role in self._by_event.get(event.event, ()):
             if plan.key != exposure.experiment_key:
                 continue
@@ -139,9 +129,10 @@ class Deltas:
                 column, counter = ("post_sum", "post_count") if role == "num" else ("den_sum", "den_count")
             else:
                 continue  # after the window closed
-            row = self.rows.setdefault((plan.key, metric.key, exposure.unit), {
+            hour = int(ts.timestamp() // HOUR)
+            row = self.rows.setdefault((plan.key, metric.key, exposure.unit, hour), {
                 "experiment_key": plan.key, "metric_key": metric.key, "unit": exposure.unit,
-                "variant": exposure.variant, **{c: 0 for c in COUNTERS}})
+                "variant": exposure.variant, "period": hour, **{c: 0 for c in COUNTERS}})
             row[column] += event.value
             if counter:
                 row[counter] += 1
@@ -168,15 +159,15 @@ def _chunks(items: list[Any], size: int = CHUNK) -> Iterable[list[Any]]:
         yield items[start:start + size]
 
 
-def _old_rows(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+def _old_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """The current unit rows the increments will change."""
     table = UnitMetricRecord.__table__
-    wanted: dict[tuple[str, str], list[str]] = {}
+    wanted: dict[tuple[str, str], set[str]] = {}
     for row in rows:
-        wanted.setdefault((row["experiment_key"], row["metric_key"]), []).append(row["unit"])
+        wanted.setdefault((row["experiment_key"], row["metric_key"]), set()).add(row["unit"])
     old = {}
     for (experiment, metric), units in wanted.items():
-        for chunk in _chunks(units):
+        for chunk in _chunks(sorted(units)):
             for row in conn.execute(sa.select(table).where(
                     table.c.experiment_key == experiment, table.c.metric_key == metric,
                     table.c.unit.in_(chunk))).mappings():
@@ -184,28 +175,38 @@ def _old_rows(conn: sa.Connection, rows: list[dict[str, Any]]) -> dict[tuple[str
     return old
 
 
-def _upsert(conn: sa.Connection, sqlite: bool, rows: list[dict[str, Any]],
-            plans: dict[str, Plan], old: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> None:
-    """Add increments to unit rows, and their effect to the variant sums."""
-    if not rows:
+def _upsert(conn: sa.Connection, increments: list[dict[str, Any]], plans: dict[str, Plan],
+            old: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> None:
+    """Add increments to unit rows, and their effect to the variant sums (by hour)."""
+    if not increments:
         return
     kinds = {(p.key, m.key): m.kind for p in plans.values() for m in p.metrics}
-    old = _old_rows(conn, rows) if old is None else old
-    sums.add(conn, sqlite, sums.changes(kinds, old, rows, COUNTERS))
-    if sqlite:
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    table = UnitMetricRecord.__table__
-    statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.experiment_key, table.c.metric_key, table.c.unit],
-        set_={c: table.c[c] + statement.excluded[c] for c in COUNTERS})
-    for chunk in _chunks(rows, 2000):
-        conn.execute(statement, chunk)
+    old = _old_rows(conn, increments) if old is None else old
+    deltas, totals = sums.changes(kinds, old, increments)
+    sums.add(conn, deltas)
+    for chunk in _chunks(list(totals.values()), 2000):
+        upsert(conn, UnitMetricRecord.__table__, chunk, ["experiment_key", "metric_key", "unit"],
+               add=COUNTERS)
 
 
-def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan], sqlite: bool) -> None:
+def _add_quality(conn: sa.Connection, quality: dict[tuple[str, datetime, str], int]) -> None:
+    upsert(conn, ExperimentQualityRecord.__table__,
+           [{"experiment_key": e, "hour": h, "kind": k, "count": n} for (e, h, k), n in quality.items()],
+           ["experiment_key", "hour", "kind"], add=("count",))
+
+
+def _count_exposures(conn: sa.Connection, exposures: list[Any]) -> None:
+    counts: dict[tuple[str, str, int, int], int] = {}
+    for row in exposures:
+        key = (row.experiment_key, row.variant, row.epoch, period(row.assigned_at))
+        counts[key] = counts.get(key, 0) + 1
+    upsert(conn, ExposureCountRecord.__table__,
+           [{"experiment_key": e, "variant": v, "epoch": ep, "period": p, "count": n}
+            for (e, v, ep, p), n in counts.items()],
+           ["experiment_key", "variant", "epoch", "period"], add=("count",))
+
+
+def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan]) -> None:
     """Recompute experiments whose metric definitions changed since their rows were built."""
     state = AggregationStateRecord.__table__
     known = dict(conn.execute(sa.select(state.c.experiment_key, state.c.signature)).all())
@@ -225,7 +226,7 @@ def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan], sqlite: bool) ->
                    e.c.event.in_(deltas.event_names)))
         for row in pairs:
             deltas.pair(row, row)
-        _upsert(conn, sqlite, list(deltas.rows.values()), plans)
+        _upsert(conn, list(deltas.rows.values()), plans, old={})
         conn.execute(sa.delete(state).where(state.c.experiment_key == plan.key))
         conn.execute(sa.insert(state).values(experiment_key=plan.key, signature=plan.signature))
 
@@ -246,45 +247,48 @@ class _Work:
     new_x: list[Any]
     new_e: list[Any]
     increments: list[dict[str, Any]]
+    quality: dict[tuple[str, datetime, str], int]
     old: dict[tuple[str, str, str], dict[str, Any]]
 
 
-def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int) -> _Work | None:
+def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int, late_after: float) -> _Work | None:
     """Read the pending rows and pair them (reads only)."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
+    columns = (e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp, e.c.received_at)
     new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
-    new_e = conn.execute(sa.select(e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp)
-                         .where(sa.not_(e.c.aggregated)).order_by(e.c.id).limit(batch)).all()
+    new_e = conn.execute(sa.select(*columns).where(sa.not_(e.c.aggregated))
+                         .order_by(e.c.id).limit(batch)).all()
     if not new_x and not new_e:
         return None
-    deltas = Deltas(plans)
-    names = deltas.event_names
+    deltas = Deltas(plans, late_after)
     # new exposures x events already folded in (the unit's history so far)
     tracked_x = [row for row in new_x if row.experiment_key in plans]
-    history = _by_unit(conn, {row.unit for row in tracked_x}, lambda chunk: sa.select(
-        e.c.unit, e.c.event, e.c.value, e.c.timestamp)
-        .where(e.c.aggregated, e.c.unit.in_(chunk), e.c.event.in_(names)))
+    history = _by_unit(conn, {row.unit for row in tracked_x}, lambda chunk: sa.select(*columns)
+                       .where(e.c.aggregated, e.c.unit.in_(chunk)))
     for exposure in tracked_x:
         for event in history.get(exposure.unit, ()):
             deltas.pair(event, exposure)
+            deltas.count(event, exposure)
     # new events x the unit's exposures that are folded in or being folded in now;
     # an exposure left for a later round will meet this event there (in step 1)
-    relevant = [row for row in new_e if row.event in names]
     taken = {(row.experiment_key, row.unit) for row in new_x}
-    exposures = _by_unit(conn, {row.unit for row in relevant},
+    exposures = _by_unit(conn, {row.unit for row in new_e},
                          lambda chunk: sa.select(x).where(x.c.unit.in_(chunk)))
-    for event in relevant:
+    for event in new_e:
         for exposure in exposures.get(event.unit, ()):
             if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
                 deltas.pair(event, exposure)
+                deltas.count(event, exposure)
     increments = list(deltas.rows.values())
-    return _Work(new_x, new_e, increments, _old_rows(conn, increments))
+    return _Work(new_x, new_e, increments, deltas.quality, _old_rows(conn, increments))
 
 
-def _apply(conn: sa.Connection, sqlite: bool, plans: dict[str, Plan], work: _Work) -> int:
+def _apply(conn: sa.Connection, plans: dict[str, Plan], work: _Work) -> int:
     """Write a round's increments and mark its rows folded in (writes only)."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
-    _upsert(conn, sqlite, work.increments, plans, work.old)
+    _upsert(conn, work.increments, plans, work.old)
+    _add_quality(conn, work.quality)
+    _count_exposures(conn, work.new_x)
     if work.new_e:
         # the rows taken are exactly the pending ones up to the highest id taken (ORDER BY
         # id LIMIT): rows committed since have higher ids (SQLite) or are not in this
@@ -298,7 +302,7 @@ def _apply(conn: sa.Connection, sqlite: bool, plans: dict[str, Plan], work: _Wor
     return len(work.new_x) + len(work.new_e)
 
 
-def run_round(db: Database, batch: int = 5_000) -> int:
+def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:
     """Fold up to `batch` pending events and exposures in; return how many rows were taken.
 
     On SQLite the round reads in a read transaction and holds the write lock only for its
@@ -309,24 +313,24 @@ def run_round(db: Database, batch: int = 5_000) -> int:
     if not db.is_sqlite:
         with _postgres_round(db) as conn:
             plans = _plans(conn)
-            _rebuild_stale(conn, plans, False)
-            work = _collect(conn, plans, batch)
-            return _apply(conn, False, plans, work) if work else 0
+            _rebuild_stale(conn, plans)
+            work = _collect(conn, plans, batch, late_after)
+            return _apply(conn, plans, work) if work else 0
     with db.aggregate_lock.hold():
         with db.write_connection() as conn:  # rare, and reads+writes: under the write lock
             plans = _plans(conn)
-            _rebuild_stale(conn, plans, True)
+            _rebuild_stale(conn, plans)
         with db.engine.connect() as conn, conn.begin():
-            work = _collect(conn, plans, batch)
+            work = _collect(conn, plans, batch, late_after)
         if work is None:
             return 0
         with db.write_connection() as conn:
-            return _apply(conn, True, plans, work)
+            return _apply(conn, plans, work)
 
 
-def catch_up(db: Database, batch: int = 5_000) -> int:
+def catch_up(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:
     """Run rounds until the work queue is empty; return the rows processed."""
     total = 0
-    while (done := run_round(db, batch)):
+    while (done := run_round(db, batch, late_after)):
         total += done
     return total

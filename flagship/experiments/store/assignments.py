@@ -1,4 +1,4 @@
-"""Server-side sticky assignment stores (the interface is in `assign.py`).
+"""Server-side sticky assignment stores (the interface is in `experiments/assignment.py`).
 
 `SqlAssignments` is the embedded default: the `exposures` table is both the sticky
 record and the exposure log. `RedisAssignments` is for production; exposures still land
@@ -10,28 +10,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Column, Field, SQLModel
 
-from flagship.db import Database
+from flagship.db import Database, insert_new
 from flagship.experiments.assignment import Assignment, AssignmentStore
-
-
-class ExposureRecord(SQLModel, table=True):
-    """First exposure of a unit to an experiment (and its sticky variant)."""
-
-    __tablename__ = "exposures"
-    __table_args__ = (sa.Index("ix_exposures_pending", "experiment_key", "unit",
-                               sqlite_where=sa.text("NOT aggregated"),
-                               postgresql_where=sa.text("NOT aggregated")),
-                      {"sqlite_with_rowid": False})
-    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    unit: str = Field(sa_column=Column(sa.String(256), primary_key=True, index=True))
-    variant: str
-    layer_key: str
-    assigned_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
-    # the aggregator's work queue: exposures whose earlier events are not yet attributed
-    aggregated: bool = Field(default=False, sa_column=Column(sa.Boolean, nullable=False,
-                                                             server_default=sa.false()))
+from flagship.experiments.store.tables import ExposureRecord
 
 
 def _utc(value: datetime) -> datetime:
@@ -39,7 +21,8 @@ def _utc(value: datetime) -> datetime:
 
 
 def _from_row(row: Any) -> Assignment:
-    return Assignment(row.experiment_key, row.unit, row.variant, row.layer_key, _utc(row.assigned_at))
+    return Assignment(row.experiment_key, row.unit, row.variant, row.layer_key, _utc(row.assigned_at),
+                      row.epoch)
 
 
 def insert_exposure(db: Database, assignment: Assignment) -> bool:
@@ -49,19 +32,12 @@ def insert_exposure(db: Database, assignment: Assignment) -> bool:
     """
     values = {"experiment_key": assignment.experiment, "unit": assignment.unit,
               "variant": assignment.variant, "layer_key": assignment.layer,
-              "assigned_at": assignment.assigned_at}
-    return db.batched_merge("exposures", values, lambda conn, rows: _insert_exposures(conn, db, rows))
+              "assigned_at": assignment.assigned_at, "epoch": assignment.epoch}
+    return db.batched_merge("exposures", values, _insert_exposures)
 
 
-def _insert_exposures(conn: sa.Connection, db: Database, rows: list[dict[str, Any]]) -> list[bool]:
-    table = ExposureRecord.__table__
-    if db.is_sqlite:
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    # RETURNING tells reliably what was inserted (rowcount does not, on psycopg)
-    statement = insert(table).on_conflict_do_nothing().returning(table.c.experiment_key, table.c.unit)
-    inserted = {tuple(row) for row in conn.execute(statement, rows)}
+def _insert_exposures(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[bool]:
+    inserted = set(insert_new(conn, ExposureRecord.__table__, rows, ("experiment_key", "unit")))
     credited = []
     for row in rows:  # a pair listed twice in one batch is credited to the first only
         key = (row["experiment_key"], row["unit"])
@@ -108,7 +84,8 @@ class RedisAssignments:
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
         key = self._prefix + assignment.unit
-        encoded = f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
+        encoded = (f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
+                   f"\t{assignment.epoch}")
         if self._redis.hsetnx(key, assignment.experiment, encoded):
             insert_exposure(self._db, assignment)
             return assignment, True
@@ -121,8 +98,9 @@ def _text(value: Any) -> str:
 
 
 def _decode(experiment: str, unit: str, value: str) -> Assignment:
-    variant, layer, at = value.split("\t")
-    return Assignment(experiment, unit, variant, layer, datetime.fromisoformat(at))
+    variant, layer, at, *epoch = value.split("\t")  # no epoch: written before epochs existed
+    return Assignment(experiment, unit, variant, layer, datetime.fromisoformat(at),
+                      int(epoch[0]) if epoch else 1)
 
 
 def make_assignment_store(db: Database, redis_url: str) -> AssignmentStore:

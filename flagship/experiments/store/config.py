@@ -1,72 +1,26 @@
-"""Layer and experiment tables, and the queries the experiment service runs."""
+"""Queries over the experiments domain's configuration: layers, experiments, metrics."""
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Optional, Sequence
+from typing import Collection, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlmodel import JSON, Column, Field, SQLModel
 
-from flagship.experiments.store.assignments import ExposureRecord  # noqa: F401  (table registration)
-
-
-def _ts(nullable: bool = False, **kwargs: Any) -> Any:
-    return Field(default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=nullable, **kwargs))
+from flagship.experiments.model import Metric, load_experiment
+from flagship.experiments.store.tables import (ExperimentRecord, ExperimentRevisionRecord,
+                                               LayerRecord, MetricRecord)
 
 
-class LayerRecord(SQLModel, table=True):
-    """A traffic layer (试验层): 10,000 buckets hashed with its own salt."""
-
-    __tablename__ = "layers"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
-    name: str = ""
-    description: str = ""
-    salt: str
-    version: int
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
-    updated_by: str
+def get_layer(session: Session, key: str, lock: bool = False) -> LayerRecord | None:
+    query = sa.select(LayerRecord).where(LayerRecord.key == key)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
 
 
-class ExperimentRecord(SQLModel, table=True):
-    """An experiment: its configuration document, lifecycle state and bucket ranges."""
-
-    __tablename__ = "experiments"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
-    flag_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
-    layer_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
-    status: str = Field(index=True)
-    version: int
-    document: dict = Field(sa_column=Column(JSON, nullable=False))
-    ranges: list = Field(sa_column=Column(JSON, nullable=False))
-    started_at: Optional[datetime] = _ts(nullable=True)
-    ended_at: Optional[datetime] = _ts(nullable=True)
-    created_at: datetime = _ts()
-    created_by: str
-    updated_at: datetime = _ts()
-    updated_by: str
-
-
-class ExperimentRevisionRecord(SQLModel, table=True):
-    """One version of an experiment's configuration and state, with its diff."""
-
-    __tablename__ = "experiment_revisions"
-    __table_args__ = (sa.UniqueConstraint("experiment_key", "version"),)
-    id: Optional[int] = Field(default=None, primary_key=True)
-    experiment_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
-    version: int
-    action: str
-    actor: str
-    created_at: datetime = _ts()
-    document: dict = Field(sa_column=Column(JSON, nullable=False))
-    diff: list = Field(sa_column=Column(JSON, nullable=False))
-
-
-def get_layer(session: Session, key: str) -> LayerRecord | None:
-    return session.execute(sa.select(LayerRecord).where(LayerRecord.key == key)).scalar_one_or_none()
+def lock_layer(session: Session, key: str) -> None:
+    """Row-lock a layer (PostgreSQL): concurrent bucket claims in it queue up."""
+    session.execute(sa.select(LayerRecord.id).where(LayerRecord.key == key).with_for_update())
 
 
 def get_experiment(session: Session, key: str, lock: bool = False) -> ExperimentRecord | None:
@@ -78,6 +32,13 @@ def get_experiment(session: Session, key: str, lock: bool = False) -> Experiment
 
 def layers(session: Session) -> Sequence[LayerRecord]:
     return session.execute(sa.select(LayerRecord).order_by(LayerRecord.key)).scalars().all()
+
+
+def experiments(session: Session, statuses: Collection[str] | None = None) -> Sequence[ExperimentRecord]:
+    query = sa.select(ExperimentRecord).order_by(ExperimentRecord.key)
+    if statuses is not None:
+        query = query.where(ExperimentRecord.status.in_(list(statuses)))
+    return session.execute(query).scalars().all()
 
 
 def experiments_in_layer(session: Session, layer_key: str) -> Sequence[ExperimentRecord]:
@@ -105,15 +66,16 @@ def query_experiments(session: Session, *, status: str | None, layer: str | None
 def snapshot_documents(session: Session) -> tuple[list[dict], list[dict]]:
     """Layer and experiment documents in the form `Snapshot.from_dict` reads."""
     layer_docs = [{"key": r.key, "salt": r.salt} for r in layers(session)]
-    rows = session.execute(sa.select(ExperimentRecord).order_by(ExperimentRecord.key)).scalars().all()
-    experiment_docs = [{
-        "key": r.key, "flag": r.flag_key, "layer": r.layer_key, "status": r.status,
-        "ranges": r.ranges,
-        "variants": [{k: v[k] for k in ("variant", "weight", "is_control")}
-                     for v in r.document.get("variants", [])],
-        "allowlist": r.document.get("allowlist", {}), "blocklist": r.document.get("blocklist", []),
-        "start_at": r.document.get("start_at"), "end_at": r.document.get("end_at"),
-    } for r in rows]
+    experiment_docs = []
+    for r in experiments(session):
+        experiment = load_experiment(r.document)
+        experiment_docs.append({
+            "key": r.key, "flag": r.flag_key, "layer": r.layer_key, "status": r.status,
+            "ranges": r.ranges, "salt": experiment.salt, "epoch": len(r.epochs or []) or 1,
+            "variants": [{"variant": v.name, "weight": v.weight, "is_control": v.is_control}
+                         for v in experiment.variants],
+            "allowlist": dict(experiment.allowlist), "blocklist": list(experiment.blocklist),
+            "start_at": r.document.get("start_at"), "end_at": r.document.get("end_at")})
     return layer_docs, experiment_docs
 
 
@@ -124,3 +86,65 @@ def experiment_revisions(session: Session, key: str, offset: int,
     rows = session.execute(query.order_by(ExperimentRevisionRecord.version.desc())
                            .offset(offset).limit(limit)).scalars().all()
     return rows, int(total)
+
+
+def experiment_revision(session: Session, key: str, version: int) -> ExperimentRevisionRecord | None:
+    return session.execute(sa.select(ExperimentRevisionRecord).where(
+        ExperimentRevisionRecord.experiment_key == key,
+        ExperimentRevisionRecord.version == version)).scalar_one_or_none()
+
+
+def last_experiment_version(session: Session, key: str) -> int:
+    value = session.execute(sa.select(sa.func.max(ExperimentRevisionRecord.version))
+                            .where(ExperimentRevisionRecord.experiment_key == key)).scalar()
+    return int(value or 0)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+def metric_of(record: MetricRecord) -> Metric:
+    """The definition a row stores."""
+    return Metric(key=record.key, name=record.name, event=record.event, kind=record.kind,
+                  denominator_event=record.denominator_event, direction=record.direction,
+                  winsorize_percentile=record.winsorize_percentile, description=record.description)
+
+
+def get_metric(session: Session, key: str, lock: bool = False) -> MetricRecord | None:
+    query = sa.select(MetricRecord).where(MetricRecord.key == key)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
+
+
+def query_metrics(session: Session, offset: int, limit: int) -> tuple[Sequence[MetricRecord], int]:
+    total = session.execute(sa.select(sa.func.count()).select_from(MetricRecord)).scalar_one()
+    rows = session.execute(sa.select(MetricRecord).order_by(MetricRecord.key)
+                           .offset(offset).limit(limit)).scalars().all()
+    return rows, int(total)
+
+
+def metrics_by_key(session: Session | sa.Connection, keys: Collection[str]) -> dict[str, Metric]:
+    """The metrics among `keys` that exist (the caller decides whether a missing one is an error)."""
+    if not keys:
+        return {}
+    table = MetricRecord.__table__
+    rows = session.execute(sa.select(table).where(table.c.key.in_(list(keys))))
+    return {r.key: metric_of(r) for r in rows}
+
+
+def existing_metric_keys(session: Session, keys: Collection[str]) -> set[str]:
+    """The keys among `keys` that exist, share-locked on PostgreSQL so that a concurrent
+    delete of one waits for the caller's transaction and then sees the reference."""
+    query = sa.select(MetricRecord.key).where(MetricRecord.key.in_(list(keys)))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    return set(session.execute(query).scalars())
+
+
+def experiments_using(session: Session, key: str) -> list[tuple[str, str]]:
+    """(experiment key, status) of every experiment naming `key` as a success or guardrail metric."""
+    found = []
+    for record in experiments(session):
+        if key in load_experiment(record.document).metric_keys:
+            found.append((record.key, record.status))
+    return found

@@ -1,94 +1,88 @@
-"""Per-variant sums kept up to date as unit rows change, so results read O(variants) rows.
+"""Per-variant sums kept up to date as unit rows change, hour by hour, so results read
+O(variants x hours) rows and the sequential looks are a function of the data.
 
 When the aggregator adds increments to a unit's row, the unit's contribution to its
 variant's sums changes from f(old row) to f(new row); the difference is added to the
-variant row. A unit's contribution is its value y (by metric kind), its pre-exposure
-value x, and for ratios the denominator d: (y, y^2, x, x^2, x*y, d, d^2, y*d).
+variant's row for the hour (period) of the events that made it. A unit's increments of
+several hours are applied in hour order, so the sums up to an hour are the variant's
+state at the end of that hour. (A unit's events that arrive out of order are attributed
+to the hour they happened in but measured against the state the unit had when they
+arrived: the final sums are exact, intermediate hours of such a unit approximate.)
+
+A unit's contribution is (active, y, y^2, x, x^2, x*y, d, d^2, y*d): whether it has a
+counted event, its value y (by metric kind), its pre-exposure value x and, for ratio and
+mean metrics, the denominator d (for `mean`: the number of events).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
 import sqlalchemy as sa
-from sqlmodel import Column, Field, SQLModel
 
-SUMS = ("sum", "sum_sq", "pre_sum", "pre_sum_sq", "cross", "den_sum", "den_sum_sq", "num_den")
+from flagship.db import upsert
+from flagship.experiments.store.tables import VariantSumsRecord
+
+SUMS = ("units", "sum", "sum_sq", "pre_sum", "pre_sum_sq", "cross", "den_sum", "den_sum_sq", "num_den")
 ZERO = (0.0,) * len(SUMS)
-
-
-class VariantSumsRecord(SQLModel, table=True):
-    """Sums over one variant's units of one metric (units without rows contribute 0)."""
-
-    __tablename__ = "variant_sums"
-    experiment_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    metric_key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
-    variant: str = Field(sa_column=Column(sa.String(64), primary_key=True))
-    sum: float = 0.0
-    sum_sq: float = 0.0
-    pre_sum: float = 0.0
-    pre_sum_sq: float = 0.0
-    cross: float = 0.0
-    den_sum: float = 0.0
-    den_sum_sq: float = 0.0
-    num_den: float = 0.0
+COUNTERS = ("post_sum", "post_count", "den_sum", "den_count", "pre_sum", "pre_count", "pre_den_sum")
+HOUR = 3600
 
 
 def values(kind: str, row: dict[str, Any]) -> tuple[float, float, float]:
-    """(y, x, d) of a unit row for a metric kind; mirrors analysis.value_columns."""
+    """(y, x, d) of a unit row for a metric kind."""
     if kind == "conversion":
-        y, x = float(row["post_count"] > 0), float(row["pre_count"] > 0)
-    elif kind == "count":
-        y, x = float(row["post_count"]), float(row["pre_count"])
-    elif kind == "mean":
-        y = row["post_sum"] / row["post_count"] if row["post_count"] else 0.0
-        x = row["pre_sum"] / row["pre_count"] if row["pre_count"] else 0.0
-    else:  # sum, and a ratio's numerator
-        y, x = float(row["post_sum"]), float(row["pre_sum"])
-    return y, x, float(row["den_sum"])
+        return float(row["post_count"] > 0), float(row["pre_count"] > 0), 0.0
+    if kind == "count":
+        return float(row["post_count"]), float(row["pre_count"]), 0.0
+    if kind == "mean":  # total value over number of events: a ratio of per-unit sums
+        return float(row["post_sum"]), float(row["pre_sum"]), float(row["post_count"])
+    return float(row["post_sum"]), float(row["pre_sum"]), float(row["den_sum"])  # sum, ratio
 
 
 def contribution(kind: str, row: dict[str, Any] | None) -> tuple[float, ...]:
-    if row is None:
-        return ZERO
+    if row is None or (kind == "mean" and not row["post_count"]):
+        return ZERO  # a mean averages over units with events: the others are not in it
     y, x, d = values(kind, row)
-    return (y, y * y, x, x * x, x * y, d, d * d, y * d)
+    active = float(row["post_count"] > 0 or row["den_count"] > 0)
+    return (active, y, y * y, x, x * x, x * y, d, d * d, y * d)
 
 
-def _insert(sqlite: bool) -> Any:
-    if sqlite:
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-    return insert(VariantSumsRecord.__table__)
+Key = tuple[str, str, str]  # experiment, metric, unit
 
 
-def add(conn: sa.Connection, sqlite: bool, deltas: dict[tuple[str, str, str], list[float]]) -> None:
-    """Add per-(experiment, metric, variant) deltas to the variant rows."""
-    if not deltas:
-        return
-    table = VariantSumsRecord.__table__
-    statement = _insert(sqlite)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.experiment_key, table.c.metric_key, table.c.variant],
-        set_={c: table.c[c] + statement.excluded[c] for c in SUMS})
-    conn.execute(statement, [{"experiment_key": e, "metric_key": m, "variant": v, **dict(zip(SUMS, d))}
-                             for (e, m, v), d in deltas.items()])
-
-
-def changes(kinds: dict[tuple[str, str], str], old: dict[tuple[str, str, str], dict[str, Any]],
-            increments: Iterable[dict[str, Any]], counters: tuple[str, ...]) -> dict[tuple[str, str, str], list[float]]:
-    """Variant deltas from applying `increments` to the `old` unit rows."""
-    out: dict[tuple[str, str, str], list[float]] = {}
+def changes(kinds: dict[tuple[str, str], str], old: dict[Key, dict[str, Any]],
+            increments: Iterable[dict[str, Any]]) -> tuple[dict[tuple[str, str, str, int], list[float]],
+                                                           dict[Key, dict[str, Any]]]:
+    """Variant deltas by hour from applying `increments` (each with a `period`) to the
+    `old` unit rows, and each unit's total increment (what its row gets added)."""
+    by_unit: dict[Key, list[dict[str, Any]]] = {}
     for inc in increments:
-        key = (inc["experiment_key"], inc["metric_key"], inc["unit"])
-        kind = kinds[key[:2]]
-        before = old.get(key)
-        after = {c: (before[c] if before else 0) + inc[c] for c in counters}
-        delta = [n - o for n, o in zip(contribution(kind, after), contribution(kind, before))]
-        target = out.setdefault((key[0], key[1], inc["variant"]), [0.0] * len(SUMS))
-        for i, value in enumerate(delta):
-            target[i] += value
-    return out
+        by_unit.setdefault((inc["experiment_key"], inc["metric_key"], inc["unit"]), []).append(inc)
+    out: dict[tuple[str, str, str, int], list[float]] = {}
+    totals: dict[Key, dict[str, Any]] = {}
+    for key, incs in by_unit.items():
+        kind, state = kinds[key[:2]], old.get(key)
+        for inc in sorted(incs, key=lambda i: i["period"]):
+            after = {c: (state[c] if state else 0) + inc[c] for c in COUNTERS}
+            delta = [n - o for n, o in zip(contribution(kind, after), contribution(kind, state))]
+            target = out.setdefault((key[0], key[1], inc["variant"], inc["period"]), [0.0] * len(SUMS))
+            for i, value in enumerate(delta):
+                target[i] += value
+            state = after
+        total = totals[key] = {**{c: 0 for c in COUNTERS}, "experiment_key": key[0],
+                               "metric_key": key[1], "unit": key[2], "variant": incs[0]["variant"]}
+        for inc in incs:
+            for c in COUNTERS:
+                total[c] += inc[c]
+    return out, totals
+
+
+def add(conn: sa.Connection, deltas: dict[tuple[str, str, str, int], list[float]]) -> None:
+    """Add per-(experiment, metric, variant, hour) deltas to the variant rows."""
+    rows = [{"experiment_key": e, "metric_key": m, "variant": v, "period": p, **dict(zip(SUMS, d))}
+            for (e, m, v, p), d in deltas.items()]
+    upsert(conn, VariantSumsRecord.__table__, rows,
+           ["experiment_key", "metric_key", "variant", "period"], add=SUMS)
 
 
 def reset(conn: sa.Connection, experiment: str) -> None:
@@ -96,9 +90,20 @@ def reset(conn: sa.Connection, experiment: str) -> None:
     conn.execute(sa.delete(table).where(table.c.experiment_key == experiment))
 
 
-def read(conn: sa.Connection, experiment: str, metric: str) -> dict[str, tuple[float, ...]]:
-    """variant -> sums (in SUMS order) for one metric."""
+def read(conn: sa.Connection, experiment: str, metric: str,
+         until_period: int | None = None) -> dict[str, tuple[float, ...]]:
+    """variant -> sums (in SUMS order) for one metric, over every hour (or up to one)."""
     table = VariantSumsRecord.__table__
-    rows = conn.execute(sa.select(table.c.variant, *[table.c[c] for c in SUMS]).where(
-        table.c.experiment_key == experiment, table.c.metric_key == metric))
-    return {row[0]: tuple(float(v) for v in row[1:]) for row in rows}
+    query = sa.select(table.c.variant, *[sa.func.sum(table.c[c]) for c in SUMS]).where(
+        table.c.experiment_key == experiment, table.c.metric_key == metric).group_by(table.c.variant)
+    if until_period is not None:
+        query = query.where(table.c.period <= until_period)
+    return {row[0]: tuple(float(v or 0.0) for v in row[1:]) for row in conn.execute(query)}
+
+
+def by_period(conn: sa.Connection, experiment: str, metric: str) -> list[tuple[str, int, tuple[float, ...]]]:
+    """(variant, hour, sums) rows of one metric in hour order (the changes, not cumulative)."""
+    table = VariantSumsRecord.__table__
+    rows = conn.execute(sa.select(table.c.variant, table.c.period, *[table.c[c] for c in SUMS]).where(
+        table.c.experiment_key == experiment, table.c.metric_key == metric).order_by(table.c.period))
+    return [(row[0], int(row[1]), tuple(float(v) for v in row[2:])) for row in rows]

@@ -1,4 +1,4 @@
-"""REST endpoint of the experiment report: an HTML page, JSON or CSV."""
+"""REST endpoints of an experiment's analysis: monitor, results, one metric over time, report."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +10,7 @@ from flask.views import MethodView
 from flagship.api import make_blueprint, requires, runtime
 from flagship.experiments import report
 
-blp = make_blueprint("reports", "Experiment reports")
+blp = make_blueprint("results", "Experiment monitor, results and reports")
 
 MEDIA_TYPES = {"html": "text/html", "json": "application/json", "csv": "text/csv"}
 
@@ -25,6 +25,47 @@ def _negotiated() -> str:
     """The format the Accept header prefers; html when it names none of ours."""
     media = request.accept_mimetypes.best_match(list(MEDIA_TYPES.values()), default="text/html")
     return next(name for name, value in MEDIA_TYPES.items() if value == media)
+
+
+@blp.route("/experiments/<key>/monitor")
+class Monitor(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str) -> dict[str, Any]:
+        """Live: exposures per variant (total, per hour), event volume and means per metric,
+        the sample-ratio check, progress to the minimum sample size, data-quality counters
+        of the experiment's units"""
+        from flagship.experiments.monitor import monitor
+
+        return monitor(runtime(), key)
+
+
+@blp.route("/experiments/<key>/results")
+class Results(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str) -> dict[str, Any]:
+        """SRM check, then per metric: variants, tests, CIs, lifts, adjusted and always-valid
+        p-values, power and sample still needed; guardrails; a decision
+
+        A read of the aggregates (kept current by the aggregation job; `pending` says what
+        is not folded in yet). The always-valid p-value and confidence sequence come from
+        the hourly looks of the data, so reading them never changes them.
+        """
+        from flagship.experiments.results import results
+
+        return results(runtime(), key)
+
+
+@blp.route("/experiments/<key>/metrics/<metric>")
+class MetricResults(MethodView):
+    @requires("admin")
+    @blp.response(200)
+    def get(self, key: str, metric: str) -> dict[str, Any]:
+        """One metric's results plus its cumulative daily series (lift and CI per day)"""
+        from flagship.experiments.series import metric_report
+
+        return metric_report(runtime(), key, metric)
 
 
 @blp.route("/experiments/<key>/report")
