@@ -8,7 +8,8 @@ the same hooks (see ``flagship/plugins/``).
 
 No hook runs on the evaluation hot path: ``register_operators`` is collected once when
 the app (or an SDK client) builds its operator table, and the engine then calls plain
-functions from a dict.
+functions from a dict. ``register_guardrails`` is collected the same way into the
+guardrail table that policy validation and the rollout job use.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from flagship.flags.operators import Operator
+    from flagship.rollout.guardrails import Guardrail
 
 hookspec = pluggy.HookspecMarker("flagship")
 hookimpl = pluggy.HookimplMarker("flagship")
@@ -55,4 +57,67 @@ def track_event(event: dict[str, Any]) -> None:
     Fires: after the transaction that made the change has committed, once per audit
     record, in the process that made the change. Exceptions are logged and swallowed:
     a notifier can never undo or block a committed write.
+    """
+
+
+@hookspec
+def register_guardrails() -> Iterable["Guardrail"]:
+    """Return guardrail check types this plugin provides for progressive-delivery rollouts.
+
+    Returns:
+        An iterable of :class:`flagship.rollout.guardrails.Guardrail`, each with:
+
+        - ``name``: unique; the value of a check's ``type`` in a ramp policy.
+        - ``validate(params) -> dict``: called when a policy is saved with the check's
+          type-specific fields (everything but ``id``, ``type``, ``severity``, ``on_fail``,
+          ``failure_limit``). Raise ``ValueError`` (or ``guardrails.ParamError(field,
+          message)`` to name the field) with a message a person can act on; the API answers
+          422 naming ``checks.<n>.<field>``. Return the canonical params; they are stored
+          with the policy and passed back to ``validate`` when the policy is read again, so
+          ``validate`` must accept its own output.
+        - ``evaluate(check, window) -> CheckResult``: called once per evaluation of every
+          running rollout, with the :class:`CheckSpec` (``check.params`` as validated; for a
+          blocking comparative check ``params["alpha"]`` is already the Bonferroni share)
+          and a read-only :class:`Observations` window (treatment and mirrored control
+          sufficient statistics, exposures, units this step, ``now``, ``extra``). Return an
+          outcome among ``pass | fail | inconclusive | no_data | error`` with evidence.
+          Never touch SQL, Flask or Redis; bound any network call by a timeout. An
+          exception, or a return value that is not a ``CheckResult``, is recorded as
+          ``error`` for that check only (never ``fail``): an erroring check holds a rollout
+          after ``error_limit`` evaluations in a row and never rolls it back.
+        - ``comparative``: true when the check needs the control arm; such checks only run
+          at steps up to 50 % (the mirrored control stops existing beyond that).
+        - ``description``: one line for the UI and ``flagship plugins``.
+
+    Fires: once when the guardrail table is built (app start, worker start, or a CLI
+    command that validates policies). Two plugins registering the same name is a start-up
+    error; a policy naming a type nobody registers is rejected when it is saved.
+    """
+
+
+@hookspec
+def notify(event: dict[str, Any]) -> None:
+    """Deliver a rollout or alert event to people or systems (chat, pager, webhook).
+
+    Args:
+        event: ``{"id": str, "type": str, "at": ISO-8601 str, "payload": dict}``. ``id``
+            is the idempotency key (the outbox row / transition id): the same event may be
+            delivered more than once and receivers should drop repeats. ``type`` is one of
+            ``rollout.started, step.advanced, rollout.holding, rollout.resumed,
+            approval.required, rollout.rolled_back, rollout.completed, rollout.paused,
+            rollout.aborted, check.failed, check.error, check.no_data, alert.opened,
+            alert.resolved``. ``payload`` carries the rollout (id, flag, rule, attempt,
+            step, percent before and after), the actor, the reasons (``{code, text,
+            check_id}``) and the check results that decided it (evidence included).
+
+    Returns:
+        Nothing. Filter by ``type`` or by check ``severity`` inside the implementation.
+
+    Fires: after the transaction that recorded the transition has committed, from the
+    outbox, in the worker (or the in-process ticker) that delivers it. Unlike other hooks,
+    the caller does not use ``pm.hook.notify(...)``: pluggy would abort the whole call at
+    the first raising implementation. It calls every implementation one by one
+    (``flagship.plugins.call_notifiers``), isolated: an exception is recorded for that
+    notifier, never blocks the others or the transition, and the event is offered to the
+    failed notifier again on a later tick (at-least-once).
     """

@@ -13,7 +13,8 @@ import pluggy
 from flagship import hookspecs
 from flagship.errors import ConfigError
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("flagship.plugins.default_operators",)
+DEFAULT_PLUGINS: tuple[str, ...] = ("flagship.plugins.default_operators",
+                                   "flagship.plugins.default_guardrails")
 
 
 def make_plugin_manager(extra: Iterable[str] = (), entry_points: bool = True) -> pluggy.PluginManager:
@@ -41,6 +42,34 @@ def operator_table(pm: pluggy.PluginManager) -> dict[str, Any]:
     from flagship.flags.operators import build_operator_table
 
     return build_operator_table(pm.hook.register_operators())
+
+
+def guardrail_table(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Collect every plugin's guardrails into one name -> Guardrail table (built once)."""
+    from flagship.rollout.guardrails import build_guardrail_table
+
+    return build_guardrail_table(pm.hook.register_guardrails())
+
+
+def call_notifiers(pm: pluggy.PluginManager, event: dict[str, Any],
+                   only: Iterable[str] | None = None) -> dict[str, str]:
+    """Call each `notify` implementation on its own; return {plugin name: error} of those that raised.
+
+    pluggy's ``pm.hook.notify(...)`` stops at the first raising implementation, so the
+    implementations are called one by one. ``only`` restricts the call to those plugin
+    names (a redelivery to the notifiers that failed last time).
+    """
+    wanted = None if only is None else set(only)
+    failures: dict[str, str] = {}
+    for impl in pm.hook.notify.get_hookimpls():
+        if wanted is not None and impl.plugin_name not in wanted:
+            continue
+        try:
+            # pluggy lets an implementation take a subset of the spec's arguments
+            impl.function(*[{"event": event}[name] for name in impl.argnames])
+        except Exception as exc:  # noqa: BLE001 - one notifier must never block another
+            failures[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
+    return failures
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
