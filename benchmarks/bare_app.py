@@ -1,6 +1,6 @@
 """The "framework floor" for bench_cpu.py: a bare Flask app under flagship's gunicorn model.
 
-Same gunicorn settings as `flagship serve` (flagship/wsgi.py): gthread workers, the
+Same gunicorn settings as `flagship serve` (flagship/server.py): gthread workers, the
 given workers and threads, keepalive 5 s, no access log, the app built per worker after
 fork. It serves the same paths as flagship's hot endpoints, each doing only what any
 Flask JSON endpoint must do:
@@ -73,7 +73,7 @@ def create_app() -> Flask:
 
 
 class BareServer(BaseApplication):
-    """Gunicorn configured like flagship.wsgi.FlagshipServer, serving the bare app."""
+    """Gunicorn configured like flagship.server.FlagshipServer, serving the bare app."""
 
     def __init__(self, port: int, workers: int, threads: int, switch_interval: float | None) -> None:
         self.port, self.workers, self.threads = port, workers, threads

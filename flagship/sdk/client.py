@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, cast
 
-from flagship.experiments.assign import Assignment
+from flagship.experiments.assignment import Assignment
 from flagship.flags.evaluate import ERROR, GENERAL, SPLIT, EvalState, Evaluation, unit_key
 from flagship.flags.operators import Operator, default_operators
 from flagship.sdk.events import EventQueue, EventSender, exposure_event, metric_event

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from flagship.errors import ValidationError
-from flagship.flags.layers import ACTIVE
+from flagship.flags.traffic import ACTIVE
 from flagship.flags.operators import Operator
 from flagship.flags.snapshot import Snapshot
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from flagship.experiments.assign import Assignment
+from flagship.experiments.assignment import Assignment
 from flagship.sdk.transport import Transport, TransportError
 
 USER_PATH = "/api/v1/experiments/user/"
