@@ -356,7 +356,8 @@ def test_unknown_check_type_is_rejected_when_the_policy_is_saved() -> None:
 
 # -- hooks and plugin wiring -----------------------------------------------------------------
 
-def test_builtins_register_through_the_hook_and_duplicates_fail_at_start() -> None:
+def test_hook_register_guardrails() -> None:
+    """The built-ins register through the hook; duplicate names fail at start."""
     pm = make_plugin_manager(entry_points=False)
     assert "flagship.plugins.default_guardrails" in {row["name"] for row in describe_plugins(pm)}
     assert set(guardrail_table(pm)) == {"metric_regression", "metric_threshold", "srm",
@@ -371,7 +372,8 @@ def test_builtins_register_through_the_hook_and_duplicates_fail_at_start() -> No
         build_guardrail_table([[TABLE["webhook"]], [TABLE["webhook"]]])
 
 
-def test_notifiers_are_called_one_by_one_and_isolated() -> None:
+def test_hook_notify() -> None:
+    """Notifiers are called one by one and isolated."""
     pm = make_plugin_manager(entry_points=False)
     got: list[tuple[str, dict[str, Any]]] = []
 

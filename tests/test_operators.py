@@ -13,7 +13,7 @@ from flagship.flags.evaluate import compile_condition
 from flagship.flags.model import Condition
 from flagship.flags.operators import Operator, build_operator_table, default_operators
 from flagship.plugins import default_operators as builtin_plugin
-from flagship.plugins.default_operators import semver_key
+from flagship.flags.builtin_operators import semver_key
 
 OPS = default_operators()
 MISSING = object()

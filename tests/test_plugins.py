@@ -21,7 +21,8 @@ def plugin_app(database_url):
     app.extensions["flagship"].db.dispose()
 
 
-def test_plugin_operator_end_to_end(plugin_app):
+def test_hook_register_operators(plugin_app):
+    """A plugin operator is validated at write time and evaluated end to end."""
     client = plugin_app.test_client()
     rule = {"kind": "force", "variant": "on",
             "conditions": [{"attribute": "seats", "operator": "is_even", "values": []}]}
@@ -39,7 +40,8 @@ def test_plugin_operator_end_to_end(plugin_app):
     assert condition["operator"] == "is_even"
 
 
-def test_track_event_fires_after_commit_with_the_audit_record(plugin_app):
+def test_hook_track_event(plugin_app):
+    """track_event fires after commit with the audit record."""
     client = plugin_app.test_client()
     client.post("/api/v1/flags", json=boolean_flag())
     client.post("/api/v1/flags/new-checkout/disable")
@@ -97,3 +99,15 @@ def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch):
     assert "is_even" in operator_table(pm)
     row = next(r for r in describe_plugins(pm) if r["name"] == "even")
     assert row["distribution"] == "flagship-even 1.0" and "register_operators" in row["hooks"]
+
+
+def test_every_hookspec_has_a_test_that_exercises_it():
+    """Datasette's rule: each hook `x` has a `test_hook_x` somewhere in the suite."""
+    import ast
+    from pathlib import Path
+
+    names = {n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "flagship_spec")}
+    assert {"register_operators", "track_event", "register_guardrails", "notify"} <= names
+    tests = {node.name for path in Path(__file__).parent.rglob("test_*.py")
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.FunctionDef)}
+    assert sorted(n for n in names if f"test_hook_{n}" not in tests) == []

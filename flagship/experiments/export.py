@@ -86,10 +86,10 @@ def export_experiment(runtime: Runtime, key: str, path: Path) -> dict[str, int]:
     """
     import sqlite_utils
 
-    from flagship import jobs
+    from flagship.experiments.store.aggregates import catch_up
 
     experiment, record = load(runtime, key)  # NotFoundError first, before a possibly long catch-up
-    jobs.aggregate(runtime)
+    catch_up(runtime.db, late_after=float(runtime.config["EVENT_LATE_SECONDS"]))
     # built beside the target and renamed into place: a failed export never leaves a
     # half-written file, and --overwrite keeps the old file until the new one is complete
     scratch = path.with_name(f".{path.name}.{os.getpid()}.partial")

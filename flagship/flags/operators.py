@@ -48,7 +48,7 @@ def build_operator_table(groups: Iterable[Iterable[Operator]]) -> dict[str, Oper
 
 def default_operators() -> dict[str, Operator]:
     """Return the table of built-in operators without a plugin manager (what the SDK uses)."""
-    # Imported here, not at module top: the plugin module imports `Operator` from us.
-    from flagship.plugins import default_operators as builtins
+    # Imported here, not at module top: the built-ins import `Operator` from us.
+    from flagship.flags.builtin_operators import builtin_operators
 
-    return build_operator_table([builtins.register_operators()])
+    return build_operator_table([builtin_operators()])

@@ -254,10 +254,10 @@ def build_guardrail_table(groups: Iterable[Iterable[Guardrail]]) -> dict[str, Gu
 
 def default_guardrails() -> dict[str, Guardrail]:
     """The table of built-in guardrails without a plugin manager (tests, tools)."""
-    # Imported here, not at module top: the plugin module imports this one.
-    from flagship.plugins import default_guardrails as builtins
+    # Imported here, not at module top: the built-ins import this module.
+    from flagship.rollout.builtin_guardrails import BUILTINS
 
-    return build_guardrail_table([builtins.register_guardrails()])
+    return build_guardrail_table([BUILTINS])
 
 
 def applicable_checks(policy: Policy, percent_bp: int) -> tuple[CheckSpec, ...]:
