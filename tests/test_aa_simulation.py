@@ -167,7 +167,7 @@ def test_cli_prints_a_table_and_json() -> None:
     done = runner.invoke(aa_test, args + ["--json"], catch_exceptions=False)
     doc = json.loads(done.output)
     assert doc["settings"] == {"simulations": 4000, "looks": 20, "n": 2000, "alpha": 0.05,
-                               "metric": "conversion", "baseline": 0.1, "seed": 1}
+                               "metric": "conversion", "baseline": 0.1, "seed": 1, "live": False}
     rate = {m["method"]: m["false_positive_rate"] for m in doc["methods"]}
     assert rate == _rates(simulate_aa(4000, 20, 2000, seed=1))
     assert abs(rate["fixed_horizon"] - ALPHA) < 0.01 and rate["naive_peeking"] > 0.15
