@@ -45,7 +45,7 @@ def two_variant_experiment(key, flag, layer, traffic, **extra):
 
 # -- (a) an experiment keyed like its layer ----------------------------------------------------
 
-def test_variant_split_is_independent_of_the_layer_bucket(api, runtime):
+def test_variant_split_is_independent_of_the_layer_bucket(api, client, sdk, runtime):
     """Before the fix layer `lz` and experiment `lz` both hashed "lz:unit": a 50 % experiment
     owned layer buckets [0, 5000) and its 1:1 split cut at variant bucket 5000, so every
     enrolled unit got the control."""
@@ -60,8 +60,12 @@ def test_variant_split_is_independent_of_the_layer_bucket(api, runtime):
     state = EvalState(now=T0.timestamp())
 
     enrolled = []  # (layer bucket, variant)
-    for unit in UNITS:
+    for i, unit in enumerate(UNITS):
         result = snapshot.evaluate("lzf", {"key": unit}, state)
+        if i < 50:  # the HTTP front door answers the same
+            served = client.post(V + "/evaluate", json={"context": {"key": unit}, "flags": ["lzf"]},
+                                 headers=sdk).json["flags"]["lzf"]
+            assert (served["variant"], served.get("experiment")) == (result.variant, result.experiment)
         layer_bucket = bucket(layer_salt, unit)
         inside = result.experiment == "lz"
         assert inside == (layer_bucket < 5000), unit  # membership: the layer's own hash

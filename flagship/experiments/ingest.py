@@ -84,7 +84,7 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> I
     experiments = _experiments(runtime, items)
     valid, rejected, repeated_units = validate(items, now, bounds, experiments)
     repeats = len(repeated_units)
-    result = IngestResult(rejected=rejected, late=sum(e.is_late(now, bounds) for e in valid))
+    result = IngestResult(rejected=rejected)
     issues = [(unit, "rejected") for r in rejected if (unit := _unit_of(items[r["index"]]))]
     batch = store.Batch(
         rows=[{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
@@ -94,9 +94,11 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> I
                                 "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp,
                                 "epoch": experiments[e.experiment].epoch}
                    for e in valid if e.event == EXPOSURE},
-        counts={"duplicate": repeats, "rejected": len(rejected), "late": result.late},
+        counts={"duplicate": repeats, "rejected": len(rejected)},
+        late={e.event_id for e in valid if e.is_late(now, bounds)},
         issues=issues + [(unit, "duplicate") for unit in repeated_units], now=now)
     # concurrent requests' events are written by one INSERT in one transaction
     result.accepted = runtime.db.batched_merge("events", batch, store.write)
+    result.late = batch.counts.get("late", 0)
     result.duplicates = len(valid) - result.accepted + repeats
     return result

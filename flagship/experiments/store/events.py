@@ -1,7 +1,7 @@
 """Writing accepted events, SDK-sent exposures and data-quality counters (one transaction)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ class Batch:
 
     `issues` are (unit, kind) pairs of items that were rejected or repeated within the
     request, so an experiment's data-quality counters can include its units' problems.
+    `late` are the event ids that arrived late; only those accepted count as late.
     """
 
     rows: list[dict[str, Any]]
@@ -25,6 +26,7 @@ class Batch:
     counts: dict[str, int]
     issues: list[tuple[str, str]]
     now: datetime
+    late: set[str] = field(default_factory=set)
 
 
 def _hour(now: datetime) -> datetime:
@@ -46,7 +48,7 @@ def write(conn: sa.Connection, batches: list[Batch]) -> list[int]:
         inserted.difference_update(mine)
         credited.append(len(mine))
         exposures += [batch.exposures[i] for i in mine if i in batch.exposures]
-        batch.counts.update(accepted=len(mine))
+        batch.counts.update(accepted=len(mine), late=sum(1 for i in mine if i in batch.late))
         repeated = [row["unit"] for row in batch.rows if row["event_id"] not in mine]
         batch.counts["duplicate"] += len(repeated)
         for unit, kind in [*batch.issues, *((u, "duplicate") for u in repeated)]:
