@@ -8,7 +8,8 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 
 from flagship import audit, auth
-from flagship.api import PageArgs, actor, make_blueprint, page_body, page_schema, requires, runtime
+from flagship.api import (PageArgs, actor, make_blueprint, page_body, page_schema, require_unbound,
+                          requires, runtime)
 
 blp = make_blueprint("admin", "Audit log and API keys")
 
@@ -20,6 +21,7 @@ class AuditArgs(PageArgs):
     action = fields.String(metadata={"description": "e.g. flag.update"})
     target_type = fields.String(metadata={"description": "flag, segment, api_key, ..."})
     target = fields.String(metadata={"description": "key of the changed object"})
+    environment = fields.String(metadata={"description": "the environment of the change"})
     since = fields.AwareDateTime(default_timezone=None)
     until = fields.AwareDateTime(default_timezone=None)
 
@@ -31,6 +33,7 @@ class AuditEntrySchema(ma.Schema):
     action = fields.String()
     target_type = fields.String()
     target = fields.String()
+    environment = fields.String(allow_none=True)
     before = fields.Raw(allow_none=True)
     after = fields.Raw(allow_none=True)
 
@@ -41,11 +44,15 @@ AuditPageSchema = page_schema(AuditEntrySchema, "AuditPageSchema")
 class KeyCreateSchema(ma.Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     scope = fields.String(required=True, validate=validate.OneOf(auth.SCOPES))
+    environment = fields.String(validate=validate.Length(min=1, max=128), metadata={
+        "description": "the environment the key is bound to (SDK keys: default production; "
+                       "admin keys: every environment unless given)"})
 
 
 class KeySchema(ma.Schema):
     name = fields.String()
     scope = fields.String()
+    environment = fields.String(allow_none=True)
     prefix = fields.String()
     created_at = fields.String()
     created_by = fields.String()
@@ -77,7 +84,9 @@ class Keys(MethodView):
     @blp.response(201, KeySchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create an API key; the secret is in this response only"""
-        secret = auth.create_key(runtime(), actor(), body["name"], body["scope"])
+        require_unbound("managing API keys")
+        secret = auth.create_key(runtime(), actor(), body["name"], body["scope"],
+                                 environment=body.get("environment"))
         listed = next(k for k in auth.list_keys(runtime()) if k["name"] == body["name"])
         return {**listed, "key": secret}
 
@@ -88,4 +97,5 @@ class KeyByName(MethodView):
     @blp.response(200, KeySchema)
     def delete(self, name: str) -> dict[str, Any]:
         """Revoke an API key; it stops working at once"""
+        require_unbound("managing API keys")
         return auth.revoke_key(runtime(), actor(), name)

@@ -128,7 +128,7 @@ def _docs_asset(filename: str) -> Any:
 def _authenticate(scope: str) -> None:
     rt = runtime()
     if not rt.config["AUTH"]:
-        g.actor, g.scope = "anonymous", "admin"
+        g.actor, g.scope, g.key_environment = "anonymous", "admin", None
         return
     header = request.headers.get("Authorization", "")
     kind, _, token = header.partition(" ")
@@ -137,10 +137,10 @@ def _authenticate(scope: str) -> None:
     found = verify_key(rt, token.strip())
     if found is None:
         raise AuthenticationError("invalid or revoked API key")
-    name, key_scope = found
+    name, key_scope, key_environment = found
     if scope == "admin" and key_scope != "admin":
         raise PermissionDeniedError(f"this call needs an admin key; {name!r} is an {key_scope} key")
-    g.actor, g.scope = f"key:{name}", key_scope
+    g.actor, g.scope, g.key_environment = f"key:{name}", key_scope, key_environment
 
 
 def requires(scope: str = "admin") -> Callable:
@@ -152,6 +152,32 @@ def requires(scope: str = "admin") -> Callable:
             return view(*args, **kwargs)
         return wrapper
     return decorate
+
+
+def environment(named: str | None = None) -> str:
+    """The environment a call acts in: `named` (a path segment) or `?environment=`, else the
+    key's own, else the default one. A key bound to an environment cannot act in another."""
+    requested = named or request.args.get("environment") or None
+    bound = g.get("key_environment")
+    if bound is not None:
+        if requested is not None and requested != bound:
+            raise PermissionDeniedError(
+                f"this key is bound to environment {bound!r}; it cannot use {requested!r}")
+        return bound
+    return requested or runtime().config["DEFAULT_ENVIRONMENT"]
+
+
+def require_unbound(what: str) -> None:
+    """Changes that reach every environment need a key bound to none."""
+    bound = g.get("key_environment")
+    if bound is not None:
+        raise PermissionDeniedError(f"{what} affects every environment: this key is bound to "
+                                    f"environment {bound!r}")
+
+
+def bound_environment() -> str | None:
+    """The environment the calling key is bound to, if any."""
+    return g.get("key_environment")
 
 
 def actor() -> str:

@@ -10,10 +10,10 @@ from flagship.runtime import Runtime
 
 def list_audit(runtime: Runtime, *, page: int = 1, per_page: int = 50, actor: str | None = None,
                action: str | None = None, target_type: str | None = None, target: str | None = None,
-               since: datetime | None = None, until: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+               environment: str | None = None, since: datetime | None = None, until: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
     """One page of audit records, newest first, and the total that match the filters."""
     with runtime.db.session() as session:
         rows, total = store.query_audit(session, actor=actor, action=action, target_type=target_type,
-                                        target=target, since=since, until=until,
+                                        target=target, environment=environment, since=since, until=until,
                                         offset=(page - 1) * per_page, limit=per_page)
         return [store.audit_to_dict(row) for row in rows], total

@@ -16,6 +16,7 @@ from flagship.store import ApiKeyRecord
 SCOPES = ("admin", "sdk")
 KEY_PREFIX = "fsk"
 KEY_CACHE_SECONDS = 1.0
+Found = tuple[str, str, "str | None"]  # name, scope, environment (None: every environment)
 
 
 class KeyCache:
@@ -28,14 +29,14 @@ class KeyCache:
 
     def __init__(self, ttl: float = KEY_CACHE_SECONDS, limit: int = 10_000) -> None:
         self.ttl, self.limit = ttl, limit
-        self._hits: dict[str, tuple[float, tuple[str, str]]] = {}
+        self._hits: dict[str, tuple[float, Found]] = {}
         self._lock = threading.Lock()
 
-    def get(self, digest: str) -> tuple[str, str] | None:
+    def get(self, digest: str) -> Found | None:
         hit = self._hits.get(digest)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
-    def put(self, digest: str, found: tuple[str, str]) -> None:
+    def put(self, digest: str, found: Found) -> None:
         with self._lock:
             if len(self._hits) > self.limit:  # bounded: many distinct keys just means more lookups
                 self._hits.clear()
@@ -53,27 +54,38 @@ def hash_key(secret: str) -> str:
 
 def key_to_dict(record: ApiKeyRecord) -> dict[str, Any]:
     """Public view of a key (never the secret)."""
-    return {"name": record.name, "scope": record.scope, "prefix": record.prefix,
+    return {"name": record.name, "scope": record.scope, "environment": record.environment,
+            "prefix": record.prefix,
             "created_at": as_utc(record.created_at).isoformat(), "created_by": record.created_by,
             "revoked_at": as_utc(record.revoked_at).isoformat() if record.revoked_at else None}
 
 
 def create_key(runtime: Runtime, actor: str, name: str, scope: str,
-               secret: str | None = None) -> str:
-    """Store a new key and return its secret (shown once, never again)."""
+               secret: str | None = None, environment: str | None = None) -> str:
+    """Store a new key and return its secret (shown once, never again).
+
+    An SDK key is bound to one environment (the default one unless given); an admin key
+    works in every environment unless bound to one.
+    """
+    from flagship.flags import store as flag_store
+
     if scope not in SCOPES:
         raise ValidationError(f"must be one of {', '.join(SCOPES)}", field="scope")
     if not name or len(name) > 128:
         raise ValidationError("must be 1 to 128 characters", field="name")
+    if scope == "sdk" and environment is None:
+        environment = runtime.config["DEFAULT_ENVIRONMENT"]
     secret = secret or f"{KEY_PREFIX}_{scope}_{secrets.token_urlsafe(24)}"
     with runtime.change(actor) as tx:
+        if environment is not None and flag_store.get_environment(tx.session, environment) is None:
+            raise ValidationError(f"no environment {environment!r}", field="environment")
         if store.get_key(tx.session, name) is not None:
             raise ConflictError(f"an API key named {name!r} already exists")
         record = ApiKeyRecord(name=name, scope=scope, prefix=secret[:12], key_hash=hash_key(secret),
-                              created_at=tx.now, created_by=actor)
+                              created_at=tx.now, created_by=actor, environment=environment)
         tx.session.add(record)
         tx.session.flush()
-        tx.audit("api_key.create", "api_key", name, None, key_to_dict(record))
+        tx.audit("api_key.create", "api_key", name, None, key_to_dict(record), environment=environment)
     return secret
 
 
@@ -106,8 +118,8 @@ def revoke_key(runtime: Runtime, actor: str, name: str) -> dict[str, Any]:
         return key_to_dict(record)
 
 
-def verify_key(runtime: Runtime, secret: str) -> tuple[str, str] | None:
-    """(name, scope) of the live key with this secret, or None (cached; see KeyCache)."""
+def verify_key(runtime: Runtime, secret: str) -> Found | None:
+    """(name, scope, environment) of the live key with this secret, or None (cached)."""
     digest = hash_key(secret)
     found = runtime.keys.get(digest)
     if found is not None:

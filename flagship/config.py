@@ -43,6 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EVENT_MAX_PAST_DAYS", 30, "Events older than this many days are rejected.", int),
     Setting("EVENT_MAX_FUTURE_SECONDS", 300, "Events this far ahead of the server clock are rejected.", int),
     Setting("EVENT_LATE_SECONDS", 3600, "Events arriving this long after they happened count as late.", int),
+    Setting("DEFAULT_ENVIRONMENT", "production",
+            "The environment of calls that name none (the flat /flags endpoints, admin keys)."),
     Setting("AGGREGATE_INTERVAL", 2, "Seconds between in-process aggregation rounds in `serve` (0: off).", int),
 )
 

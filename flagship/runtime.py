@@ -41,11 +41,11 @@ class Tx:
     events: list[AuditRecord] = field(default_factory=list)
 
     def audit(self, action: str, target_type: str, target_key: str,
-              before: Any = None, after: Any = None) -> AuditRecord:
+              before: Any = None, after: Any = None, environment: str | None = None) -> AuditRecord:
         """Record a mutation in the audit log, inside this transaction."""
         record = AuditRecord(at=self.now, actor=self.actor, action=action,
                              target_type=target_type, target_key=target_key,
-                             before=before, after=after)
+                             before=before, after=after, environment=environment)
         self.session.add(record)
         self.events.append(record)
         return record

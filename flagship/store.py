@@ -21,6 +21,7 @@ class AuditRecord(SQLModel, table=True):
     action: str = Field(index=True)
     target_type: str = Field(index=True)
     target_key: str = Field(index=True)
+    environment: Optional[str] = Field(default=None, sa_column=Column(sa.String(128), nullable=True))
     before: Optional[Any] = Field(default=None, sa_column=Column(JSON))
     after: Optional[Any] = Field(default=None, sa_column=Column(JSON))
 
@@ -37,6 +38,8 @@ class ApiKeyRecord(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
     created_by: str
     revoked_at: Optional[datetime] = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
+    # an SDK key reads and writes one environment; an admin key bound to one may only act there
+    environment: Optional[str] = Field(default=None, sa_column=Column(sa.String(128), nullable=True))
 
 
 def audit_to_dict(record: AuditRecord) -> dict[str, Any]:
@@ -45,18 +48,21 @@ def audit_to_dict(record: AuditRecord) -> dict[str, Any]:
     return {
         "id": record.id, "at": at.isoformat() if at else None, "actor": record.actor,
         "action": record.action, "target_type": record.target_type,
-        "target": record.target_key, "before": record.before, "after": record.after,
+        "target": record.target_key, "environment": record.environment,
+        "before": record.before, "after": record.after,
     }
 
 
 def query_audit(session: Session, *, actor: str | None = None, action: str | None = None,
                 target_type: str | None = None, target: str | None = None,
+                environment: str | None = None,
                 since: datetime | None = None, until: datetime | None = None,
                 offset: int = 0, limit: int = 50) -> tuple[list[AuditRecord], int]:
     """Filtered audit records, newest first, with the total before paging."""
     query = sa.select(AuditRecord)
     equal = {AuditRecord.actor: actor, AuditRecord.action: action,
-             AuditRecord.target_type: target_type, AuditRecord.target_key: target}
+             AuditRecord.target_type: target_type, AuditRecord.target_key: target,
+             AuditRecord.environment: environment}
     for column, value in equal.items():
         if value is not None:
             query = query.where(column == value)
@@ -78,11 +84,11 @@ def all_keys(session: Session) -> Sequence[ApiKeyRecord]:
     return session.execute(sa.select(ApiKeyRecord).order_by(ApiKeyRecord.id)).scalars().all()
 
 
-def live_key(conn: sa.Connection, digest: str) -> tuple[str, str] | None:
-    """(name, scope) of the unrevoked key with this hash."""
-    row = conn.execute(sa.select(ApiKeyRecord.name, ApiKeyRecord.scope)
+def live_key(conn: sa.Connection, digest: str) -> tuple[str, str, str | None] | None:
+    """(name, scope, environment) of the unrevoked key with this hash."""
+    row = conn.execute(sa.select(ApiKeyRecord.name, ApiKeyRecord.scope, ApiKeyRecord.environment)
                        .where(ApiKeyRecord.key_hash == digest, ApiKeyRecord.revoked_at.is_(None))).first()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
 
 
 def count_live_keys(session: Session, scope: str | None = None) -> int:

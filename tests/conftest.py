@@ -47,9 +47,13 @@ def _reset_postgres(url: str) -> None:
     with engine.begin() as conn:
         tables = [row[0] for row in conn.execute(sa.text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename NOT IN ('alembic_version', 'meta')"))]
+            "AND tablename NOT IN ('alembic_version', 'meta', 'environments')"))]
         if tables:
             conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        # the migration's own row stays: a fresh install has the production environment
+        conn.execute(sa.text("DELETE FROM environments WHERE key <> 'production'"))
+        conn.execute(sa.text("UPDATE environments SET name = 'Production', colour = '#cf222e', "
+                             "requires_approval = false, position = 0, version = 1"))
         conn.execute(sa.text("UPDATE meta SET snapshot_revision = 0"))
     engine.dispose()
 

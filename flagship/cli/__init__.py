@@ -59,12 +59,14 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True)
 @click.option("--name", required=True, help="A unique name, e.g. the service that uses it.")
-def keys_create(scope: str, name: str) -> None:
+@click.option("--environment", default=None,
+              help="Bind the key to this environment (SDK keys default to the default one).")
+def keys_create(scope: str, name: str, environment: str | None) -> None:
     """Create a key and print it alone on stdout (it is shown only once)."""
     from flagship.auth import create_key
 
     try:
-        secret = create_key(_runtime(), "cli", name, scope)
+        secret = create_key(_runtime(), "cli", name, scope, environment=environment)
     except FlagshipError as exc:
         raise click.ClickException(exc.message) from None
     click.echo(secret)
@@ -82,7 +84,8 @@ def keys_list(as_json: bool) -> None:
         return
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
-        click.echo(f"{row['name']:<24} {row['scope']:<6} {row['prefix']}...  {state}")
+        where = row["environment"] or "all environments"
+        click.echo(f"{row['name']:<24} {row['scope']:<6} {where:<18} {row['prefix']}...  {state}")
 
 
 @keys.command("revoke")

@@ -62,11 +62,11 @@ def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
     return valid, rejected, repeats
 
 
-def _experiments(runtime: Runtime, items: list[Any]) -> Any:
+def _experiments(runtime: Runtime, items: list[Any], environment: str) -> Any:
     """Experiment specs, read only when the request carries exposures (they are checked)."""
     if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
         return {}
-    return runtime.snapshots.get().snapshot.experiments
+    return runtime.snapshots.get(environment).snapshot.experiments
 
 
 def _unit_of(item: Any) -> str | None:
@@ -77,18 +77,22 @@ def _unit_of(item: Any) -> str | None:
     return unit if isinstance(unit, str) and 0 < len(unit) <= 256 and "\x00" not in unit else None
 
 
-def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None) -> IngestResult:
-    """Store the valid events of `items`; return only after they are committed."""
+def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
+           environment: str | None = None) -> IngestResult:
+    """Store the valid events of `items` in `environment` (default: the default one); return
+    only after they are committed. An event counts for the experiments of its environment."""
     now = now or runtime.clock()
+    environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
     bounds = bounds_from(runtime.config)
-    experiments = _experiments(runtime, items)
+    experiments = _experiments(runtime, items, environment)
     valid, rejected, repeated_units = validate(items, now, bounds, experiments)
     repeats = len(repeated_units)
     result = IngestResult(rejected=rejected)
     issues = [(unit, "rejected") for r in rejected if (unit := _unit_of(items[r["index"]]))]
     batch = store.Batch(
         rows=[{"event_id": e.event_id, "unit": e.unit, "event": e.event, "value": e.value,
-               "timestamp": e.timestamp, "properties": e.properties, "received_at": now}
+               "timestamp": e.timestamp, "properties": e.properties, "received_at": now,
+               "environment": environment}
               for e in valid],
         exposures={e.event_id: {"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
                                 "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp,

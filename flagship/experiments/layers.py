@@ -33,8 +33,8 @@ def layer_view(record: LayerRecord, experiments: list[ExperimentRecord]) -> dict
     allocations = [{"experiment": e.key, "status": e.status, "ranges": e.ranges,
                     "percentage": allocation.size(e.ranges) / 100} for e in active]
     free = allocation.free_ranges([e.ranges for e in active])
-    return {"key": record.key, "name": record.name, "description": record.description,
-            "salt": record.salt, "version": record.version, "created_at": _iso(record.created_at),
+    return {"key": record.key, "environment": record.environment, "name": record.name,
+            "description": record.description, "salt": record.salt, "version": record.version, "created_at": _iso(record.created_at),
             "updated_at": _iso(record.updated_at), "updated_by": record.updated_by,
             "allocations": allocations, "free_ranges": [list(r) for r in free],
             "free_percentage": allocation.size(free) / 100,
@@ -53,10 +53,11 @@ def _require_layer(session: Session, key: str) -> LayerRecord:
     return record
 
 
-def list_layers(runtime: Runtime) -> list[dict[str, Any]]:
+def list_layers(runtime: Runtime, environment: str | None = None) -> list[dict[str, Any]]:
+    """Every layer (of one environment), with its allocation map."""
     with runtime.db.session() as session:
         return [layer_view(r, list(store.experiments_in_layer(session, r.key)))
-                for r in store.layers(session)]
+                for r in store.layers(session, environment)]
 
 
 def get_layer(runtime: Runtime, key: str) -> dict[str, Any]:
@@ -65,19 +66,23 @@ def get_layer(runtime: Runtime, key: str) -> dict[str, Any]:
         return layer_view(record, list(store.experiments_in_layer(session, key)))
 
 
-def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
+def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any],
+                 environment: str | None = None) -> dict[str, Any]:
+    """A layer in `environment` (layer keys are unique across environments)."""
+    environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
     try:
         with runtime.change(actor) as tx:
+            flags.require_environment(tx.session, environment)
             if store.get_layer(tx.session, doc["key"]) is not None:
                 raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]})
-            record = LayerRecord(key=doc["key"], name=doc.get("name") or doc["key"],
+            record = LayerRecord(key=doc["key"], environment=environment, name=doc.get("name") or doc["key"],
                                  description=doc.get("description", ""),
                                  salt=doc.get("salt") or default_salt(doc["key"]), version=1,
                                  created_at=tx.now, updated_at=tx.now, updated_by=actor)
             flags.claim_salts(tx, "layer", record.key, set(), {record.salt})
             tx.session.add(record)
             tx.session.flush()
-            tx.audit("layer.create", "layer", record.key, None, _layer_doc(record))
+            tx.audit("layer.create", "layer", record.key, None, _layer_doc(record), environment=environment)
             bump_snapshot_revision(tx.session)
     except IntegrityError:
         raise ConflictError(f"layer {doc['key']!r} already exists", {"key": ["already exists"]}) from None
@@ -103,7 +108,7 @@ def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
                 setattr(record, name, patch[name])
         record.version += 1
         record.updated_at, record.updated_by = tx.now, actor
-        tx.audit("layer.update", "layer", key, before, _layer_doc(record))
+        tx.audit("layer.update", "layer", key, before, _layer_doc(record), environment=record.environment)
         bump_snapshot_revision(tx.session)
         return layer_view(record, experiments)
 
@@ -121,6 +126,6 @@ def delete_layer(runtime: Runtime, actor: str, key: str) -> None:
             raise ConflictError(f"layer {key!r} holds draft experiments: {', '.join(drafts)}; "
                                 "move or delete them first", {"experiments": drafts})
         flags.claim_salts(tx, "layer", key, {record.salt}, set())
-        tx.audit("layer.delete", "layer", key, _layer_doc(record), None)
+        tx.audit("layer.delete", "layer", key, _layer_doc(record), None, environment=record.environment)
         tx.session.delete(record)
         bump_snapshot_revision(tx.session)

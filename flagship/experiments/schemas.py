@@ -31,6 +31,7 @@ class AllocationSchema(ma.Schema):
 
 class LayerSchema(ma.Schema):
     key = fields.String()
+    environment = fields.String()
     name = fields.String()
     description = fields.String()
     salt = fields.String()
@@ -107,6 +108,7 @@ class ExperimentSchema(ExperimentBodySchema):
     ranges = fields.List(fields.List(fields.Integer()))
     allocated_percentage = fields.Float()
     rule_id = fields.String()
+    environment = fields.String()
     weight_epochs = fields.List(fields.Dict(), metadata={
         "description": "the variant weights in effect since each change after the start"})
     version = fields.Integer(dump_only=True)
@@ -119,6 +121,7 @@ class ExperimentSchema(ExperimentBodySchema):
 
 
 class ExperimentListArgs(PageArgs):
+    environment = fields.String(validate=KEY)
     status = fields.String(validate=validate.OneOf(["draft", "running", "paused", "completed", "terminated"]))
     layer = fields.String()
     flag = fields.String()

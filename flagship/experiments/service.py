@@ -41,7 +41,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def experiment_view(record: ExperimentRecord) -> dict[str, Any]:
     """The API form: configuration plus state, allocation and version."""
-    return {**record.document, "status": record.status, "ranges": record.ranges,
+    return {**record.document, "environment": record.environment, "status": record.status,
+            "ranges": record.ranges,
             "allocated_percentage": allocation.size(record.ranges) / 100,
             "rule_id": load_experiment(record.document).rule_id, "version": record.version,
             "weight_epochs": record.epochs or [],
@@ -62,7 +63,8 @@ def _revise(tx: Tx, record: ExperimentRecord, action: str, before: dict[str, Any
     tx.session.add(ExperimentRevisionRecord(
         experiment_key=record.key, version=record.version, action=action, actor=tx.actor,
         created_at=tx.now, document=after, diff=json_diff(before or {}, after)))
-    tx.audit(f"experiment.{action}", "experiment", record.key, before, after)
+    tx.audit(f"experiment.{action}", "experiment", record.key, before, after,
+             environment=record.environment)
     bump_snapshot_revision(tx.session)
 
 
@@ -73,11 +75,12 @@ def _require(session: Session, key: str, lock: bool = False) -> ExperimentRecord
     return record
 
 
-def list_experiments(runtime: Runtime, *, status: str | None = None, layer: str | None = None,
-                     flag: str | None = None, page: int = 1,
+def list_experiments(runtime: Runtime, *, environment: str | None = None, status: str | None = None,
+                     layer: str | None = None, flag: str | None = None, page: int = 1,
                      per_page: int = 50) -> tuple[list[dict[str, Any]], int]:
     with runtime.db.session() as session:
-        rows, total = store.query_experiments(session, status=status, layer=layer, flag=flag,
+        rows, total = store.query_experiments(session, environment=environment, status=status,
+                                              layer=layer, flag=flag,
                                               offset=(page - 1) * per_page, limit=per_page)
         return [experiment_view(r) for r in rows], total
 
@@ -134,17 +137,19 @@ def _drop(rule_id: str) -> FlagChange:
     return change
 
 
-def _flag_variants(session: Session, key: str) -> dict[str, Any] | None:
-    record = flag_store.get_flag(session, key)
+def _flag_variants(session: Session, key: str, environment: str) -> dict[str, Any] | None:
+    record = flag_store.get_flag(session, key, environment)
     return None if record is None else record.document["variants"]
 
 
-def _validated(runtime: Runtime, session: Session, doc: dict[str, Any]) -> Experiment:
-    if store.get_layer(session, doc["layer"]) is None:
-        raise ValidationError(f"layer {doc['layer']!r} not found", field="layer")
+def _validated(runtime: Runtime, session: Session, doc: dict[str, Any], environment: str) -> Experiment:
+    layer = store.get_layer(session, doc["layer"])
+    if layer is None or layer.environment != environment:
+        raise ValidationError(f"layer {doc['layer']!r} not found in environment {environment!r}",
+                              field="layer")
     experiment = experiment_from_dict(doc, operators=runtime.operators,
-                                      segment_keys=flag_store.segment_keys(session),
-                                      flag_variants=_flag_variants(session, doc["flag"]))
+                                      segment_keys=flag_store.segment_keys(session, environment),
+                                      flag_variants=_flag_variants(session, doc["flag"], environment))
     _check_metrics(session, experiment)
     return experiment
 
@@ -164,21 +169,27 @@ def _check_metrics(session: Session, experiment: Experiment) -> None:
 
 # -- configuration --------------------------------------------------------------------------------
 
-def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any]) -> dict[str, Any]:
-    """A draft experiment; its rule is placed on the flag (created from variant values if new)."""
+def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any],
+                      environment: str | None = None) -> dict[str, Any]:
+    """A draft experiment in `environment`; its rule is placed on the flag's targeting there
+    (the flag is created from the variant values if new). Experiment keys are unique
+    across environments: assignments and events refer to an experiment by key alone."""
+    environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
     try:
         with runtime.change(actor) as tx:
+            flags.require_environment(tx.session, environment)
             if store.get_experiment(tx.session, doc["key"]) is not None:
                 raise ConflictError(f"experiment {doc['key']!r} already exists", {"key": ["already exists"]})
-            experiment = _validated(runtime, tx.session, doc)
+            experiment = _validated(runtime, tx.session, doc, environment)
             flags.claim_salts(tx, "experiment", experiment.key, set(), {experiment.salt})
-            if _flag_variants(tx.session, experiment.flag) is None:
+            if _flag_variants(tx.session, experiment.flag, environment) is None:
                 flags.insert_flag(tx, runtime, flag_from_variants(
-                    experiment.flag, doc["variants"], experiment.key), managed=True)
-            flags.rewrite_flag(tx, runtime, experiment.flag,
+                    experiment.flag, doc["variants"], experiment.key), environment, managed=True)
+            flags.rewrite_flag(tx, runtime, experiment.flag, environment,
                                _place(_rule(experiment), experiment.rule_position), "experiment")
             record = ExperimentRecord(
-                key=experiment.key, flag_key=experiment.flag, layer_key=experiment.layer,
+                key=experiment.key, environment=environment, flag_key=experiment.flag,
+                layer_key=experiment.layer,
                 status="draft", version=store.last_experiment_version(tx.session, experiment.key),
                 document=experiment_to_dict(experiment), ranges=[], epochs=[], created_at=tx.now,
                 created_by=actor, updated_at=tx.now, updated_by=actor)
@@ -224,7 +235,7 @@ def _new_epoch(record: ExperimentRecord, experiment: Experiment, now: datetime) 
 def _apply_config(tx: Tx, runtime: Runtime, record: ExperimentRecord, merged: dict[str, Any],
                   action: str) -> dict[str, Any]:
     """Validate and store a new configuration of `record` (update or restore)."""
-    experiment = _validated(runtime, tx.session, merged)
+    experiment = _validated(runtime, tx.session, merged, record.environment)
     canonical = experiment_to_dict(experiment)
     changed = _check_change(record, canonical)
     before = _state_doc(record)
@@ -236,12 +247,14 @@ def _apply_config(tx: Tx, runtime: Runtime, record: ExperimentRecord, merged: di
     if record.status in ACTIVE:
         _new_epoch(record, experiment, tx.now)
     if experiment.flag != record.flag_key:
-        flags.rewrite_flag(tx, runtime, record.flag_key, _drop(old.rule_id), "experiment")
+        flags.rewrite_flag(tx, runtime, record.flag_key, record.environment, _drop(old.rule_id),
+                           "experiment")
         record.flag_key = experiment.flag
     record.layer_key = experiment.layer
     if record.status not in FINISHED:
         position = experiment.rule_position if "rule_position" in changed else None
-        flags.rewrite_flag(tx, runtime, experiment.flag, _place(_rule(experiment), position), "experiment")
+        flags.rewrite_flag(tx, runtime, experiment.flag, record.environment,
+                           _place(_rule(experiment), position), "experiment")
     record.document = canonical
     _revise(tx, record, action, before)
     return experiment_view(record)
@@ -285,10 +298,12 @@ def delete_experiment(runtime: Runtime, actor: str, key: str) -> None:
                                 "(stop it; finished experiments are kept for their results)",
                                 {"status": [record.status]})
         experiment = load_experiment(record.document)
-        if flag_store.get_flag(tx.session, record.flag_key) is not None:
-            flags.rewrite_flag(tx, runtime, record.flag_key, _drop(experiment.rule_id), "experiment")
+        if flag_store.get_flag(tx.session, record.flag_key, record.environment) is not None:
+            flags.rewrite_flag(tx, runtime, record.flag_key, record.environment,
+                               _drop(experiment.rule_id), "experiment")
         flags.claim_salts(tx, "experiment", key, {experiment.salt}, set())
-        tx.audit("experiment.delete", "experiment", key, _state_doc(record), None)
+        tx.audit("experiment.delete", "experiment", key, _state_doc(record), None,
+                 environment=record.environment)
         tx.session.delete(record)
         bump_snapshot_revision(tx.session)
 
@@ -308,7 +323,7 @@ def _claim(session: Session, record: ExperimentRecord, percentage: float,
 
 def _start(tx: Tx, runtime: Runtime, record: ExperimentRecord) -> None:
     experiment = load_experiment(record.document)
-    if flag_store.get_flag(tx.session, record.flag_key) is None:
+    if flag_store.get_flag(tx.session, record.flag_key, record.environment) is None:
         raise ConflictError(f"flag {record.flag_key!r} of this experiment no longer exists")
     rivals = [e.key for e in store.experiments_of_flag(tx.session, record.flag_key)
               if e.status in ACTIVE and e.key != record.key]
@@ -321,7 +336,8 @@ def _start(tx: Tx, runtime: Runtime, record: ExperimentRecord) -> None:
     record.ranges = _claim(tx.session, record, experiment.traffic_percentage)
     record.status, record.started_at = "running", tx.now
     _new_epoch(record, experiment, tx.now)
-    flags.rewrite_flag(tx, runtime, record.flag_key, _place(_rule(experiment), None), "experiment")
+    flags.rewrite_flag(tx, runtime, record.flag_key, record.environment,
+                       _place(_rule(experiment), None), "experiment")
 
 
 def _finish(record: ExperimentRecord, outcome: str, now: datetime) -> None:
@@ -377,7 +393,7 @@ def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: fl
         record = _require(tx.session, key, lock=True)
         experiment = load_experiment(record.document)
         rule_id = experiment.release_rule_id
-        released = flag_store.get_flag(tx.session, record.flag_key)
+        released = flag_store.get_flag(tx.session, record.flag_key, record.environment)
         has_release = released is not None and any(r["id"] == rule_id for r in released.document["rules"])
         if record.status not in ACTIVE and not (record.status == "completed" and has_release):
             raise ConflictError(f"cannot release experiment {key!r}: it is {record.status}",
@@ -391,7 +407,7 @@ def release(runtime: Runtime, actor: str, key: str, variant: str, percentage: fl
         rule = {"id": rule_id, "kind": "release", "variant": variant, "percentage": percentage,
                 "conditions": record.document["targeting"], "params": {"experiment": key}}
         before = _state_doc(record)
-        flags.rewrite_flag(tx, runtime, record.flag_key,
+        flags.rewrite_flag(tx, runtime, record.flag_key, record.environment,
                            _swap_in_release(rule, experiment), "release")
         if record.status in ACTIVE:
             _finish(record, "completed", tx.now)

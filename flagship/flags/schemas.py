@@ -80,9 +80,23 @@ class FlagCreateSchema(FlagReplaceSchema):
     key = fields.String(required=True, validate=KEY)
 
 
-class FlagSchema(FlagBodySchema):
-    """A stored flag: its document, version and timestamps."""
+class EnvironmentSummarySchema(ma.Schema):
+    enabled = fields.Boolean()
+    rules = fields.Integer(metadata={"description": "how many rules"})
+    default_variant = fields.String()
+    off_variant = fields.String()
+    version = fields.Integer()
+    updated_at = fields.String()
+    updated_by = fields.String()
 
+
+class FlagSchema(FlagBodySchema):
+    """A stored flag in one environment: its document, version and timestamps."""
+
+    environment = fields.String(dump_only=True)
+    environments = fields.Dict(keys=fields.String(), values=fields.Nested(EnvironmentSummarySchema),
+                               dump_only=True, metadata={"description": "targeting per environment "
+                                                         "(on GET /flags/{key})"})
     version = fields.Integer(dump_only=True)
     created_at = fields.String(dump_only=True)
     created_by = fields.String(dump_only=True)
@@ -96,9 +110,16 @@ class VersionSchema(ma.Schema):
     version = fields.Integer()
 
 
+class EnvironmentArgs(ma.Schema):
+    """The environment a call acts in (default: the key's own, else production)."""
+
+    environment = fields.String(validate=KEY)
+
+
 class FlagListArgs(PageArgs):
     """Filters of `GET /flags`."""
 
+    environment = fields.String(validate=KEY)
     tag = fields.String()
     q = fields.String(metadata={"description": "case-insensitive search in key and description"})
 
@@ -108,6 +129,7 @@ FlagPageSchema = page_schema(FlagSchema, "FlagPageSchema")
 
 class RevisionSchema(ma.Schema):
     version = fields.Integer()
+    environment = fields.String()
     action = fields.String()
     actor = fields.String()
     created_at = fields.String()
@@ -135,6 +157,7 @@ class SegmentCreateSchema(SegmentBodySchema):
 
 
 class SegmentSchema(SegmentBodySchema):
+    environment = fields.String(dump_only=True)
     version = fields.Integer(dump_only=True)
     created_at = fields.String(dump_only=True)
     updated_at = fields.String(dump_only=True)
@@ -160,4 +183,58 @@ class EvaluationSchema(ma.Schema):
 
 class EvaluateResultSchema(ma.Schema):
     revision = fields.Integer()
+    environment = fields.String()
     flags = fields.Dict(keys=fields.String(), values=fields.Nested(EvaluationSchema))
+
+
+class EnvironmentBodySchema(ma.Schema):
+    name = fields.String(validate=validate.Length(min=1, max=128))
+    colour = fields.String(validate=validate.Regexp(r"^#[0-9a-fA-F]{6}$", error="a colour like #1a7f37"))
+    requires_approval = fields.Boolean(metadata={"description": "reserved for approval workflows"})
+    position = fields.Integer(validate=validate.Range(min=0, max=1000))
+    version = fields.Integer(load_only=True)
+
+
+class EnvironmentCreateSchema(EnvironmentBodySchema):
+    key = fields.String(required=True, validate=KEY)
+    copy_from = fields.String(validate=KEY, metadata={
+        "description": "copy this environment's flag targeting and segments (default: every "
+                       "flag starts off, without rules)"})
+
+
+class EnvironmentSchema(ma.Schema):
+    key = fields.String()
+    name = fields.String()
+    colour = fields.String()
+    requires_approval = fields.Boolean()
+    position = fields.Integer()
+    version = fields.Integer()
+    created_at = fields.String()
+    updated_at = fields.String()
+    updated_by = fields.String()
+
+
+class PromoteSchema(ma.Schema):
+    """Copy targeting from one environment to another."""
+
+    source = fields.String(required=True, data_key="from", validate=KEY)
+    to = fields.String(required=True, validate=KEY)
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "show the diff only"})
+    copy_segments = fields.Boolean(load_default=False, metadata={
+        "description": "create referenced segments missing in the target from the source's"})
+    version = fields.Integer(metadata={"description": "the target's version the diff was read at"})
+
+
+class PromoteManySchema(ma.Schema):
+    source = fields.String(required=True, data_key="from", validate=KEY)
+    to = fields.String(required=True, validate=KEY)
+    tag = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    dry_run = fields.Boolean(load_default=False)
+    copy_segments = fields.Boolean(load_default=False)
+    versions = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "flag -> the target's version the diff was read at"})
+
+
+class CompareArgs(ma.Schema):
+    environments = fields.String(required=True, metadata={
+        "description": "comma-separated environment keys, e.g. staging,production"})

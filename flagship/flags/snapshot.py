@@ -25,7 +25,7 @@ __all__ = ["Snapshot", "Evaluation", "EvalState", "DISABLED", "TARGETING_MATCH",
            "ERROR", "FLAG_NOT_FOUND", "INVALID_CONTEXT", "PARSE_ERROR", "TYPE_MISMATCH",
            "GENERAL"]
 
-_SNAPSHOT_FIELDS = ("revision", "flags", "segments", "layers", "experiments")
+_SNAPSHOT_FIELDS = ("revision", "environment", "flags", "segments", "layers", "experiments")
 T = TypeVar("T")
 
 

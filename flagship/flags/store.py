@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -13,12 +13,35 @@ def _ts(**kwargs: Any) -> Any:
     return Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False, **kwargs))
 
 
-class FlagRecord(SQLModel, table=True):
-    """The current document of a flag, with its optimistic-locking version."""
+ENVIRONMENT = sa.String(128)
 
-    __tablename__ = "flags"
+
+class EnvironmentRecord(SQLModel, table=True):
+    """An environment (development, staging, production...): its own flag targeting,
+    segments, layers and experiments, and the SDK keys bound to it."""
+
+    __tablename__ = "environments"
     id: Optional[int] = Field(default=None, primary_key=True)
     key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    name: str
+    colour: str = Field(sa_column=Column(sa.String(16), nullable=False))
+    requires_approval: bool = False
+    position: int = 0
+    version: int
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    updated_by: str
+
+
+class FlagRecord(SQLModel, table=True):
+    """A flag in one environment: the global definition (the same in every environment)
+    and this environment's targeting, in one document, with its own version."""
+
+    __tablename__ = "flags"
+    __table_args__ = (sa.UniqueConstraint("environment", "key", name="uq_flags_environment_key"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    environment: str = Field(sa_column=Column(ENVIRONMENT, nullable=False))
+    key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
     version: int
     enabled: bool
     tags: str = ""  # ",a,b," so a tag filter is one indexed-free LIKE on both backends
@@ -34,8 +57,10 @@ class FlagRevisionRecord(SQLModel, table=True):
     """One version of a flag: full document plus the diff from the previous one."""
 
     __tablename__ = "flag_revisions"
-    __table_args__ = (sa.UniqueConstraint("flag_key", "version"),)
+    __table_args__ = (sa.UniqueConstraint("environment", "flag_key", "version",
+                                          name="uq_flag_revisions_version"),)
     id: Optional[int] = Field(default=None, primary_key=True)
+    environment: str = Field(sa_column=Column(ENVIRONMENT, nullable=False))
     flag_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
     version: int
     action: str
@@ -49,8 +74,10 @@ class SegmentRecord(SQLModel, table=True):
     """A reusable, named list of conditions."""
 
     __tablename__ = "segments"
+    __table_args__ = (sa.UniqueConstraint("environment", "key", name="uq_segments_environment_key"),)
     id: Optional[int] = Field(default=None, primary_key=True)
-    key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    environment: str = Field(sa_column=Column(ENVIRONMENT, nullable=False))
+    key: str = Field(sa_column=Column(sa.String(128), nullable=False))
     version: int
     document: dict = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts()
@@ -58,23 +85,63 @@ class SegmentRecord(SQLModel, table=True):
     updated_by: str
 
 
-def get_flag(session: Session, key: str) -> FlagRecord | None:
-    return session.execute(sa.select(FlagRecord).where(FlagRecord.key == key)).scalar_one_or_none()
+def get_environment(session: Session, key: str, lock: bool = False) -> EnvironmentRecord | None:
+    query = sa.select(EnvironmentRecord).where(EnvironmentRecord.key == key)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
 
 
-def get_segment(session: Session, key: str) -> SegmentRecord | None:
-    return session.execute(
-        sa.select(SegmentRecord).where(SegmentRecord.key == key)).scalar_one_or_none()
+def environments(session: Session) -> Sequence[EnvironmentRecord]:
+    return session.execute(sa.select(EnvironmentRecord).order_by(
+        EnvironmentRecord.position, EnvironmentRecord.key)).scalars().all()
+
+
+def environment_keys(session: Session) -> list[str]:
+    return [e.key for e in environments(session)]
+
+
+def get_flag(session: Session, key: str, environment: str, lock: bool = False) -> FlagRecord | None:
+    query = sa.select(FlagRecord).where(FlagRecord.key == key, FlagRecord.environment == environment)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
+
+
+def flag_rows(session: Session, key: str) -> dict[str, FlagRecord]:
+    """A flag's row in every environment, by environment."""
+    rows = session.execute(sa.select(FlagRecord).where(FlagRecord.key == key)).scalars()
+    return {row.environment: row for row in rows}
+
+
+def flags_in(session: Session, environment: str, keys: Collection[str] | None = None,
+             tag: str | None = None) -> Sequence[FlagRecord]:
+    query = sa.select(FlagRecord).where(FlagRecord.environment == environment)
+    if keys is not None:
+        query = query.where(FlagRecord.key.in_(list(keys)))
+    if tag:
+        query = query.where(FlagRecord.tags.like(f"%,{_escape_like(tag)},%", escape="\\"))
+    return session.execute(query.order_by(FlagRecord.key)).scalars().all()
+
+
+def get_segment(session: Session, key: str, environment: str) -> SegmentRecord | None:
+    return session.execute(sa.select(SegmentRecord).where(
+        SegmentRecord.key == key, SegmentRecord.environment == environment)).scalar_one_or_none()
+
+
+def segments_in(session: Session, environment: str) -> Sequence[SegmentRecord]:
+    return session.execute(sa.select(SegmentRecord).where(SegmentRecord.environment == environment)
+                           .order_by(SegmentRecord.key)).scalars().all()
 
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def query_flags(session: Session, *, tag: str | None, search: str | None,
+def query_flags(session: Session, *, environment: str, tag: str | None, search: str | None,
                 offset: int, limit: int) -> tuple[Sequence[FlagRecord], int]:
-    """Flags ordered by key, filtered by tag and a key/description search."""
-    query = sa.select(FlagRecord)
+    """One environment's flags ordered by key, filtered by tag and a key/description search."""
+    query = sa.select(FlagRecord).where(FlagRecord.environment == environment)
     if tag:
         query = query.where(FlagRecord.tags.like(f"%,{_escape_like(tag)},%", escape="\\"))
     if search:
@@ -86,47 +153,57 @@ def query_flags(session: Session, *, tag: str | None, search: str | None,
     return rows, int(total)
 
 
-def all_documents(session: Session) -> tuple[list[dict], list[dict]]:
-    """Every flag and segment document, ordered by key (the snapshot's content)."""
-    flags = session.execute(sa.select(FlagRecord.document).order_by(FlagRecord.key)).scalars().all()
-    segments = session.execute(
-        sa.select(SegmentRecord.document).order_by(SegmentRecord.key)).scalars().all()
+def all_documents(session: Session, environment: str) -> tuple[list[dict], list[dict]]:
+    """Every flag and segment document of one environment, by key (a snapshot's content)."""
+    flags = session.execute(sa.select(FlagRecord.document).where(FlagRecord.environment == environment)
+                            .order_by(FlagRecord.key)).scalars().all()
+    segments = session.execute(sa.select(SegmentRecord.document).where(
+        SegmentRecord.environment == environment).order_by(SegmentRecord.key)).scalars().all()
     return list(flags), list(segments)
 
 
-def segment_keys(session: Session) -> set[str]:
-    return set(session.execute(sa.select(SegmentRecord.key)).scalars().all())
+def segment_keys(session: Session, environment: str) -> set[str]:
+    return set(session.execute(sa.select(SegmentRecord.key).where(
+        SegmentRecord.environment == environment)).scalars().all())
 
 
-def compare_and_set(session: Session, model: type, key: str, expected: int,
-                    values: dict[str, Any]) -> bool:
-    """Write `values` only if the row is still at version `expected` (race-free)."""
+def compare_and_set(session: Session, record: Any, expected: int, values: dict[str, Any]) -> bool:
+    """Write `values` to `record`'s row only if it is still at version `expected` (race-free)."""
+    model = type(record)
     result = session.execute(
-        sa.update(model).where(model.key == key, model.version == expected)
+        sa.update(model).where(model.id == record.id, model.version == expected)
         .values(version=expected + 1, **values)
         .execution_options(synchronize_session=False))
     return result.rowcount == 1
 
 
-def revisions(session: Session, key: str, offset: int, limit: int) -> tuple[Sequence[FlagRevisionRecord], int]:
-    query = sa.select(FlagRevisionRecord).where(FlagRevisionRecord.flag_key == key)
+def revisions(session: Session, key: str, environment: str, offset: int,
+              limit: int) -> tuple[Sequence[FlagRevisionRecord], int]:
+    query = sa.select(FlagRevisionRecord).where(FlagRevisionRecord.flag_key == key,
+                                                FlagRevisionRecord.environment == environment)
     total = session.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
     rows = session.execute(query.order_by(FlagRevisionRecord.version.desc())
                            .offset(offset).limit(limit)).scalars().all()
     return rows, int(total)
 
 
-def revision(session: Session, key: str, version: int) -> FlagRevisionRecord | None:
+def revision(session: Session, key: str, environment: str, version: int) -> FlagRevisionRecord | None:
     return session.execute(sa.select(FlagRevisionRecord).where(
-        FlagRevisionRecord.flag_key == key, FlagRevisionRecord.version == version)).scalar_one_or_none()
+        FlagRevisionRecord.flag_key == key, FlagRevisionRecord.environment == environment,
+        FlagRevisionRecord.version == version)).scalar_one_or_none()
 
 
-def last_revision_version(session: Session, key: str) -> int:
-    """The highest revision number a key ever had (0 if none): versions never repeat,
-    so a flag re-created after a delete continues its history."""
-    value = session.execute(sa.select(sa.func.max(FlagRevisionRecord.version))
-                            .where(FlagRevisionRecord.flag_key == key)).scalar()
+def last_revision_version(session: Session, key: str, environment: str) -> int:
+    """The highest revision number a key ever had in an environment (0 if none): versions
+    never repeat, so a flag re-created after a delete continues its history."""
+    value = session.execute(sa.select(sa.func.max(FlagRevisionRecord.version)).where(
+        FlagRevisionRecord.flag_key == key, FlagRevisionRecord.environment == environment)).scalar()
     return int(value or 0)
+
+
+def flag_keys_ever(session: Session, environment: str) -> set[str]:
+    return set(session.execute(sa.select(FlagRevisionRecord.flag_key).where(
+        FlagRevisionRecord.environment == environment).distinct()).scalars())
 
 
 class HashSaltRecord(SQLModel, table=True):

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flagship.db import Database, MetaRecord
+from flagship.errors import NotFoundError
 from flagship.experiments.store import config as experiment_store
 from flagship.flags import store as flag_store
 from flagship.flags.snapshot import Snapshot
@@ -27,10 +28,13 @@ class CompiledSnapshot:
 
 
 class SnapshotCache:
-    """Serves the compiled snapshot; one primary-key read per call checks freshness.
+    """Serves each environment's compiled snapshot; one primary-key read per call checks
+    freshness.
 
     The revision lives in the database, so a change made by another server process
-    (or a CLI command) is seen on the very next request, with no message bus.
+    (or a CLI command) is seen on the very next request, with no message bus. The
+    revision counts changes in every environment; an environment's ETag covers only its
+    own content, so a change elsewhere rebuilds it without changing its ETag.
     """
 
     def __init__(self, db: Database, operators: dict[str, Any], settle_gc: bool = False) -> None:
@@ -38,32 +42,36 @@ class SnapshotCache:
         self._operators = operators
         self._settle_gc = settle_gc
         self._lock = threading.Lock()
-        self._current: CompiledSnapshot | None = None
+        self._current: dict[str, CompiledSnapshot] = {}
 
-    def get(self) -> CompiledSnapshot:
-        """The snapshot at the store's current revision."""
+    def get(self, environment: str = "production") -> CompiledSnapshot:
+        """`environment`'s snapshot at the store's current revision (NotFoundError if unknown)."""
         revision = self._db.read_snapshot_revision()
-        current = self._current
+        current = self._current.get(environment)
         if current is not None and current.revision == revision:
             return current
         with self._lock:
-            current = self._current
+            current = self._current.get(environment)
             if current is None or current.revision != revision:
-                current = self._current = self._build()
+                current = self._current[environment] = self._build(environment)
                 if self._settle_gc:
                     _settle_gc()
             return current
 
-    def _build(self) -> CompiledSnapshot:
+    def _build(self, environment: str) -> CompiledSnapshot:
         with self._db.session() as session:
+            if flag_store.get_environment(session, environment) is None:
+                raise NotFoundError(f"environment {environment!r} not found")
             revision = session.execute(
                 sa.select(MetaRecord.snapshot_revision).where(MetaRecord.id == 1)).scalar() or 0
-            flags, segments = flag_store.all_documents(session)
-            layers, experiments = experiment_store.snapshot_documents(session)
-        doc = {"revision": int(revision), "flags": flags, "segments": segments,
-               "layers": layers, "experiments": experiments}
+            flags, segments = flag_store.all_documents(session, environment)
+            layers, experiments = experiment_store.snapshot_documents(session, environment)
+        content = {"environment": environment, "flags": flags, "segments": segments,
+                   "layers": layers, "experiments": experiments}
+        tag = hashlib.sha256(json.dumps(content, separators=(",", ":"), sort_keys=True).encode())
+        doc = {"revision": int(revision), **content}
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+        etag = '"' + tag.hexdigest()[:40] + '"'
         return CompiledSnapshot(int(revision), Snapshot.from_dict(doc, self._operators), body, etag)
 
 

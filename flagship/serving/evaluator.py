@@ -42,9 +42,10 @@ class Evaluator:
             sticky = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
         return EvalState(now=now.timestamp(), sticky=sticky), unit
 
-    def evaluate(self, context: Any, flag_keys: Iterable[str] | None = None) -> Outcome:
-        """Evaluate the named flags (or all); record first assignments to experiments."""
-        compiled = self.snapshots.get()
+    def evaluate(self, context: Any, flag_keys: Iterable[str] | None = None,
+                 environment: str = "production") -> Outcome:
+        """Evaluate the named flags (or all) of `environment`; record first assignments."""
+        compiled = self.snapshots.get(environment)
         snapshot = compiled.snapshot
         state, unit = self.state_for(snapshot, context)
         keys = list(snapshot.flags) if flag_keys is None else list(flag_keys)

@@ -21,29 +21,32 @@ def evaluation_body(result: Evaluation) -> dict[str, Any]:
     return out
 
 
-def evaluate(runtime: Runtime, context: Any, flags: Iterable[str] | None = None) -> Outcome:
+def evaluate(runtime: Runtime, context: Any, flags: Iterable[str] | None = None,
+             environment: str | None = None) -> Outcome:
     """Evaluate the named flags (or all) for one context, recording first assignments."""
-    return runtime.evaluator.evaluate(context, flags)
+    return runtime.evaluator.evaluate(context, flags, environment or _default(runtime))
 
 
-def snapshot(runtime: Runtime) -> CompiledSnapshot:
-    """The compiled snapshot at the store's current revision."""
-    return runtime.snapshots.get()
+def snapshot(runtime: Runtime, environment: str | None = None) -> CompiledSnapshot:
+    """An environment's compiled snapshot at the store's current revision."""
+    return runtime.snapshots.get(environment or _default(runtime))
 
 
-def explain(runtime: Runtime, flag: str, context: Any) -> dict[str, Any]:
+def explain(runtime: Runtime, flag: str, context: Any, environment: str | None = None) -> dict[str, Any]:
     """Every step of one evaluation, with the unit's sticky records as evaluation sees them."""
-    compiled = runtime.snapshots.get()
+    compiled = runtime.snapshots.get(environment or _default(runtime))
     state, _ = runtime.evaluator.state_for(compiled.snapshot, context)
     return {"revision": compiled.revision, **compiled.snapshot.explain(flag, context, state)}
 
 
-def assign(runtime: Runtime, experiment: str, context: Any) -> dict[str, Any]:
+def assign(runtime: Runtime, experiment: str, context: Any,
+           environment: str | None = None) -> dict[str, Any]:
     """Assign a unit to `experiment` (sticky); the first assignment records an exposure."""
-    spec = runtime.snapshots.get().snapshot.experiments.get(experiment)
+    environment = environment or _default(runtime)
+    spec = runtime.snapshots.get(environment).snapshot.experiments.get(experiment)
     if spec is None:
-        raise NotFoundError(f"experiment {experiment!r} not found")
-    outcome = runtime.evaluator.evaluate(context, [spec.flag])
+        raise NotFoundError(f"experiment {experiment!r} not found in environment {environment!r}")
+    outcome = runtime.evaluator.evaluate(context, [spec.flag], environment)
     result = outcome.results[spec.flag]
     inside = result.experiment == experiment
     return {"experiment": experiment, "variant": result.variant if inside else None,
@@ -51,8 +54,12 @@ def assign(runtime: Runtime, experiment: str, context: Any) -> dict[str, Any]:
             "reason": result.reason, "sticky": inside and experiment in outcome.sticky}
 
 
-def unit_assignments(runtime: Runtime, unit: str) -> dict[str, Any]:
-    """A unit's sticky assignments, oldest first."""
-    found = runtime.assignments.for_unit(unit)
-    return {"unit": unit, "assignments": [a.to_dict() for a in sorted(
-        found.values(), key=lambda a: a.assigned_at)]}
+def unit_assignments(runtime: Runtime, unit: str, environment: str | None = None) -> dict[str, Any]:
+    """A unit's sticky assignments to the experiments of one environment, oldest first."""
+    experiments = runtime.snapshots.get(environment or _default(runtime)).snapshot.experiments
+    found = [a for key, a in runtime.assignments.for_unit(unit).items() if key in experiments]
+    return {"unit": unit, "assignments": [a.to_dict() for a in sorted(found, key=lambda a: a.assigned_at)]}
+
+
+def _default(runtime: Runtime) -> str:
+    return runtime.config["DEFAULT_ENVIRONMENT"]

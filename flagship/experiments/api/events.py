@@ -7,7 +7,7 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import abort
 
-from flagship.api import make_blueprint, requires, runtime
+from flagship.api import environment, make_blueprint, requires, runtime
 from flagship.experiments import ingest
 
 blp = make_blueprint("events", "Events in, and data quality")
@@ -34,7 +34,7 @@ class Event(MethodView):
         body = _body()
         if not isinstance(body, dict):
             abort(422, message="an event must be a JSON object", errors={"json": {"_schema": ["object"]}})
-        result = ingest.ingest(runtime(), [body])
+        result = ingest.ingest(runtime(), [body], environment=environment())
         if result.rejected:
             errors = result.rejected[0]["errors"]
             field = next(iter(errors))
@@ -59,7 +59,7 @@ class EventBatch(MethodView):
         limit = current_app.config["MAX_EVENT_BATCH"]
         if len(items) > limit:
             abort(413, message=f"{len(items)} events in one batch; the limit is {limit}")
-        return ingest.ingest(runtime(), items).to_dict()
+        return ingest.ingest(runtime(), items, environment=environment()).to_dict()
 
 
 @blp.route("/events/quality")

@@ -6,8 +6,8 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 
-from flagship.api import (PageArgs, actor, expected_version, make_blueprint, page_body, requires,
-                          runtime, versioned)
+from flagship.api import (PageArgs, actor, environment, expected_version, make_blueprint, page_body,
+                          requires, runtime, versioned)
 from flagship.experiments import layers as layer_service, schemas, service
 from flagship.flags.schemas import RevisionPageSchema
 from flagship.serving import service as serving
@@ -21,15 +21,15 @@ class Layers(MethodView):
     @requires("admin")
     @blp.response(200, schemas.LayerSchema(many=True))
     def get(self) -> list[dict[str, Any]]:
-        """List layers with their allocation maps"""
-        return layer_service.list_layers(runtime())
+        """List an environment's layers with their allocation maps"""
+        return layer_service.list_layers(runtime(), environment())
 
     @requires("admin")
     @blp.arguments(schemas.LayerCreateSchema)
     @blp.response(201, schemas.LayerSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Create a layer (10,000 buckets hashed with its own salt)"""
-        return versioned(layer_service.create_layer(runtime(), actor(), body), 201)
+        return versioned(layer_service.create_layer(runtime(), actor(), body, environment()), 201)
 
 
 @blp.route("/layers/<key>")
@@ -64,8 +64,8 @@ class Experiments(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List experiments (filter by status, layer, flag)"""
         items, total = service.list_experiments(
-            runtime(), status=args.get("status"), layer=args.get("layer"), flag=args.get("flag"),
-            page=args["page"], per_page=args["per_page"])
+            runtime(), environment=environment(), status=args.get("status"), layer=args.get("layer"),
+            flag=args.get("flag"), page=args["page"], per_page=args["per_page"])
         return page_body(items, total, args["page"], args["per_page"])
 
     @requires("admin")
@@ -74,7 +74,7 @@ class Experiments(MethodView):
     def post(self, body: dict[str, Any]) -> Any:
         """Create a draft experiment on a flag (created from the variant values if new)"""
         body.pop("version", None)
-        return versioned(service.create_experiment(runtime(), actor(), body), 201)
+        return versioned(service.create_experiment(runtime(), actor(), body, environment()), 201)
 
 
 @blp.route("/experiments/<key>")
@@ -179,7 +179,7 @@ class ExperimentAssign(MethodView):
     @blp.response(200, schemas.AssignResultSchema)
     def post(self, body: dict[str, Any], key: str) -> dict[str, Any]:
         """Assign a unit (sticky); the first assignment records an exposure"""
-        return serving.assign(runtime(), key, body["context"])
+        return serving.assign(runtime(), key, body["context"], environment())
 
 
 @blp.route("/experiments/user/<unit>")
@@ -188,4 +188,4 @@ class UnitAssignments(MethodView):
     @blp.response(200)
     def get(self, unit: str) -> dict[str, Any]:
         """A unit's sticky assignments, by experiment"""
-        return serving.unit_assignments(runtime(), unit)
+        return serving.unit_assignments(runtime(), unit, environment())

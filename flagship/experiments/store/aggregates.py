@@ -44,6 +44,7 @@ class Plan:
     start: datetime
     end: datetime | None
     metrics: tuple[Metric, ...]
+    environment: str = "production"  # only this environment's events count
 
     @property
     def signature(self) -> str:
@@ -81,7 +82,7 @@ def _plans(conn: sa.Connection) -> dict[str, Plan]:
         chosen = tuple(metrics[k] for k in experiment.metric_keys if k in metrics)
         # a plan even without metrics: its signature records that nothing was counted, so
         # metrics added later are rebuilt from history instead of starting from now
-        plans[record.key] = Plan(record.key, start, end, chosen)
+        plans[record.key] = Plan(record.key, start, end, chosen, record.environment)
     return plans
 
 
@@ -105,7 +106,8 @@ class Deltas:
 
     def count(self, event: Any, exposure: Any) -> None:
         """Count a post-exposure event for the experiment's data-quality counters."""
-        if exposure.experiment_key not in self.plans:
+        plan = self.plans.get(exposure.experiment_key)
+        if plan is None or plan.environment != event.environment:
             return
         ts, received = utc(event.timestamp), utc(event.received_at)
         if ts < utc(exposure.assigned_at):
@@ -120,7 +122,7 @@ class Deltas:
         """Fold one (event, exposure) pair in."""
         ts, assigned = utc(event.timestamp), utc(exposure.assigned_at)
         for plan, metric, role in self._by_event.get(event.event, ()):
-            if plan.key != exposure.experiment_key:
+            if plan.key != exposure.experiment_key or plan.environment != event.environment:
                 continue
             if ts < assigned:
                 column = "pre_sum" if role == "num" else "pre_den_sum"
@@ -219,11 +221,11 @@ def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan]) -> None:
         deltas = Deltas({plan.key: plan})
         x, e = ExposureRecord.__table__, EventRecord.__table__
         pairs = conn.execute(
-            sa.select(e.c.event, e.c.value, e.c.timestamp, x.c.experiment_key, x.c.unit,
-                      x.c.variant, x.c.assigned_at)
+            sa.select(e.c.event, e.c.value, e.c.timestamp, e.c.environment, x.c.experiment_key,
+                      x.c.unit, x.c.variant, x.c.assigned_at)
             .join(x, x.c.unit == e.c.unit)
             .where(x.c.experiment_key == plan.key, x.c.aggregated, e.c.aggregated,
-                   e.c.event.in_(deltas.event_names)))
+                   e.c.environment == plan.environment, e.c.event.in_(deltas.event_names)))
         for row in pairs:
             deltas.pair(row, row)
         _upsert(conn, list(deltas.rows.values()), plans, old={})
@@ -254,7 +256,7 @@ class _Work:
 def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int, late_after: float) -> _Work | None:
     """Read the pending rows and pair them (reads only)."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
-    columns = (e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp, e.c.received_at)
+    columns = (e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp, e.c.received_at, e.c.environment)
     new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
     new_e = conn.execute(sa.select(*columns).where(sa.not_(e.c.aggregated))
                          .order_by(e.c.id).limit(batch)).all()

@@ -30,14 +30,20 @@ def get_experiment(session: Session, key: str, lock: bool = False) -> Experiment
     return session.execute(query).scalar_one_or_none()
 
 
-def layers(session: Session) -> Sequence[LayerRecord]:
-    return session.execute(sa.select(LayerRecord).order_by(LayerRecord.key)).scalars().all()
+def layers(session: Session, environment: str | None = None) -> Sequence[LayerRecord]:
+    query = sa.select(LayerRecord).order_by(LayerRecord.key)
+    if environment is not None:
+        query = query.where(LayerRecord.environment == environment)
+    return session.execute(query).scalars().all()
 
 
-def experiments(session: Session, statuses: Collection[str] | None = None) -> Sequence[ExperimentRecord]:
+def experiments(session: Session, statuses: Collection[str] | None = None,
+                environment: str | None = None) -> Sequence[ExperimentRecord]:
     query = sa.select(ExperimentRecord).order_by(ExperimentRecord.key)
     if statuses is not None:
         query = query.where(ExperimentRecord.status.in_(list(statuses)))
+    if environment is not None:
+        query = query.where(ExperimentRecord.environment == environment)
     return session.execute(query).scalars().all()
 
 
@@ -51,11 +57,12 @@ def experiments_of_flag(session: Session, flag_key: str) -> Sequence[ExperimentR
                            .order_by(ExperimentRecord.key)).scalars().all()
 
 
-def query_experiments(session: Session, *, status: str | None, layer: str | None, flag: str | None,
-                      offset: int, limit: int) -> tuple[Sequence[ExperimentRecord], int]:
+def query_experiments(session: Session, *, environment: str | None, status: str | None,
+                      layer: str | None, flag: str | None, offset: int,
+                      limit: int) -> tuple[Sequence[ExperimentRecord], int]:
     query = sa.select(ExperimentRecord)
-    for column, value in ((ExperimentRecord.status, status), (ExperimentRecord.layer_key, layer),
-                          (ExperimentRecord.flag_key, flag)):
+    for column, value in ((ExperimentRecord.environment, environment), (ExperimentRecord.status, status),
+                          (ExperimentRecord.layer_key, layer), (ExperimentRecord.flag_key, flag)):
         if value is not None:
             query = query.where(column == value)
     total = session.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
@@ -63,11 +70,11 @@ def query_experiments(session: Session, *, status: str | None, layer: str | None
     return rows, int(total)
 
 
-def snapshot_documents(session: Session) -> tuple[list[dict], list[dict]]:
-    """Layer and experiment documents in the form `Snapshot.from_dict` reads."""
-    layer_docs = [{"key": r.key, "salt": r.salt} for r in layers(session)]
+def snapshot_documents(session: Session, environment: str) -> tuple[list[dict], list[dict]]:
+    """An environment's layer and experiment documents in the form `Snapshot.from_dict` reads."""
+    layer_docs = [{"key": r.key, "salt": r.salt} for r in layers(session, environment)]
     experiment_docs = []
-    for r in experiments(session):
+    for r in experiments(session, environment=environment):
         experiment = load_experiment(r.document)
         experiment_docs.append({
             "key": r.key, "flag": r.flag_key, "layer": r.layer_key, "status": r.status,

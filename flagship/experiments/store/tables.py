@@ -20,6 +20,8 @@ class LayerRecord(SQLModel, table=True):
     __tablename__ = "layers"
     id: Optional[int] = Field(default=None, primary_key=True)
     key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    environment: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True,
+                                              server_default="production"))
     name: str = ""
     description: str = ""
     salt: str
@@ -40,6 +42,8 @@ class ExperimentRecord(SQLModel, table=True):
     __tablename__ = "experiments"
     id: Optional[int] = Field(default=None, primary_key=True)
     key: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    environment: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True,
+                                              server_default="production"))
     flag_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
     layer_key: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
     status: str = Field(index=True)
@@ -119,6 +123,8 @@ class EventRecord(SQLModel, table=True):
                                postgresql_where=sa.text("NOT aggregated")),)
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
+    environment: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True,
+                                              server_default="production"))
     unit: str = Field(sa_column=Column(sa.String(256), nullable=False, index=True))
     event: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
     value: float
