@@ -1,23 +1,56 @@
-"""HTTP glue shared by every blueprint: the Api object, auth, error mapping, paging."""
+"""HTTP glue shared by every blueprint: the Api object, auth, error mapping, paging.
+
+Every request to a view is authenticated first (a before-request hook reads the scope
+`requires` put on the view), and only then is its body read: limited in size (413, also
+for chunked bodies), parsed once with a parser that turns any malformed, too deep or
+too large JSON into a 400, and bounded (depth, 64-bit integers, no NUL: 422) before a
+schema sees it.
+"""
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import time
 from typing import Any, Callable
 
 import marshmallow as ma
-from flask import Flask, current_app, g, request, send_from_directory
+from flask import Flask, Response, current_app, g, request, send_from_directory
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api, Blueprint
-from werkzeug.exceptions import HTTPException
+from sqlalchemy import exc as sql_errors
+from webargs import core as webargs_core
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed
 
 from flagship.auth import verify_key
 from flagship.errors import (AuthenticationError, ConflictError, FlagshipError, NotFoundError,
                              PermissionDeniedError, ValidationError)
+from flagship.jsonvalue import json_problem
 from flagship.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 STATUS = {ValidationError: 422, NotFoundError: 404, ConflictError: 409,
           AuthenticationError: 401, PermissionDeniedError: 403}
-HTTP_NAMES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-              422: "Unprocessable Entity", 428: "Precondition Required", 500: "Internal Server Error"}
+HTTP_NAMES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+              405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
+              413: "Content Too Large", 422: "Unprocessable Entity", 428: "Precondition Required",
+              500: "Internal Server Error", 503: "Service Unavailable"}
+RETRY_AFTER_SECONDS = 2
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+MAX_PAGE = 1_000_000        # page x per_page stays far inside SQL's 64-bit OFFSET
+MAX_VERSION = 2 ** 31 - 1   # versions are 32-bit integers in the store
+# Served with every HTML response that has none of its own (the API docs, reports). The
+# docs page runs Swagger UI's inline start-up script; nothing loads from another origin.
+HTML_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                               "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def runtime() -> Runtime:
@@ -43,6 +76,27 @@ def _handle_flagship_error(error: FlagshipError) -> tuple[dict[str, Any], int, d
     return error_body(status, error.message, errors), status, headers
 
 
+_last_outage_log = [0.0]
+
+
+def _handle_unavailable(error: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The database (or Redis) cannot be reached or is saturated: 503, try again shortly."""
+    now = time.monotonic()
+    if now - _last_outage_log[0] > 10:  # loud, but not once per request of a storm
+        _last_outage_log[0] = now
+        log.error("backing store unavailable, answering 503: %s", str(error).splitlines()[0][:300])
+    body = error_body(503, "the database is unavailable or overloaded; retry shortly")
+    return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def _handle_sql_error(error: sql_errors.SQLAlchemyError) -> Any:
+    if isinstance(error, (sql_errors.OperationalError, sql_errors.InterfaceError,
+                          sql_errors.TimeoutError, sql_errors.DisconnectionError)) or (
+            isinstance(error, sql_errors.DBAPIError) and error.connection_invalidated):
+        return _handle_unavailable(error)
+    raise error  # a bug: Flask answers 500 and logs the traceback
+
+
 def _first_error(errors: Any, path: str = "") -> str:
     """`field.path: message` of the first leaf in a nested webargs/marshmallow error dict."""
     if isinstance(errors, dict) and errors:
@@ -55,7 +109,25 @@ def _first_error(errors: Any, path: str = "") -> str:
 
 
 class FlagshipApi(Api):
-    """flask-smorest's Api whose error bodies always carry a readable `message`."""
+    """flask-smorest's Api whose error bodies always carry a readable `message`, whose 405
+    answers say which methods are allowed, and whose OpenAPI document lists each
+    operation's real error responses (`flagship.openapi`) instead of a catch-all."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def init_app(self, app: Flask, *, spec_kwargs: dict[str, Any] | None = None) -> None:
+        from flagship import openapi
+
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        self.ma_plugin.converter.add_attribute_function(openapi.exclusive_bounds)
+        openapi.register_components(self.spec)
+        self.spec.components.schema("EventIn", openapi.EVENT_SCHEMA)
+
+    def register_blueprint(self, blp: Blueprint, **options: Any) -> None:
+        from flagship import openapi
+
+        super().register_blueprint(blp, **options)
+        openapi.document_errors(self.spec, self._app)
 
     def handle_http_exception(self, error: HTTPException) -> Any:
         payload, code, headers = super().handle_http_exception(error)
@@ -63,7 +135,45 @@ class FlagshipApi(Api):
             errors = payload.get("errors")
             payload["message"] = (f"invalid input: {_first_error(errors)}" if errors
                                   else (error.description or payload["status"]))
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers = {**dict(headers or {}), "Allow": ", ".join(sorted(error.valid_methods))}
         return payload, code, headers
+
+
+class SafeJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider whose `loads` fails only with ValueError (a 400 from
+    `request.get_json`), also on input nested beyond the interpreter's recursion limit."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+def _json_error(data: bytes) -> str:
+    """Why `data` is not acceptable JSON, in words a client can act on."""
+    try:
+        current_app.json.loads(data)
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at line {error.lineno} column {error.colno}"
+    except ValueError as error:
+        return "it is nested too deeply" if "nested" in str(error) else \
+            "a number in it has too many digits"
+    return "it cannot be decoded"
+
+
+class FlagshipParser(FlaskParser):
+    """webargs' parser reading the body Flask parsed (once, safely, after authentication)."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        if not is_json_request(req):
+            return webargs_core.missing
+        return req.get_json(cache=True)
+
+
+class FlagshipBlueprint(Blueprint):
+    ARGUMENTS_PARSER = FlagshipParser()
 
 
 def init_api(app: Flask) -> Api:
@@ -79,43 +189,89 @@ def init_api(app: Flask) -> Api:
             "security": [{"bearerAuth": []}],
         },
     )
+    app.json = SafeJSONProvider(app)
+    app.json.sort_keys = False
     api = FlagshipApi(app)
     app.register_error_handler(FlagshipError, _handle_flagship_error)
-    app.before_request(_reject_nul_characters)
+    app.register_error_handler(sql_errors.SQLAlchemyError, _handle_sql_error)
+    _register_redis_errors(app)
+    app.before_request(_guard_request)
+    app.after_request(_security_headers)
     app.add_url_rule("/api/docs/assets/<path:filename>", "docs_assets", _docs_asset)
     return api
 
 
-def _nul_path(value: Any, path: str = "") -> str | None:
-    """Dotted path of the first string (or key) holding a NUL character, if any."""
-    if isinstance(value, str):
-        return path or "body" if "\x00" in value else None
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
+def _register_redis_errors(app: Flask) -> None:
+    # the assignment store falls back to SQL when Redis is down; this is the safety net
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    app.register_error_handler(RedisConnectionError, _handle_unavailable)
+    app.register_error_handler(RedisTimeoutError, _handle_unavailable)
+
+
+def _view_method() -> Callable | None:
+    """The function that will handle this request (the MethodView method), if routed."""
+    if request.url_rule is None:
         return None
-    for key, item in items:
-        child = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and "\x00" in key:
-            return child
-        found = _nul_path(item, child)
-        if found:
-            return found
-    return None
+    view = current_app.view_functions.get(request.endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return view
+    method = request.method.lower()
+    handler = getattr(view_class, method, None)
+    if handler is None and method == "head":
+        handler = getattr(view_class, "get", None)
+    return handler
 
 
-def _reject_nul_characters() -> None:
-    # PostgreSQL text cannot hold NUL; refuse it up front with a 422 instead of failing in
-    # the database. Event ingestion checks its own fields (and sets its own size limit).
-    if request.method not in ("POST", "PUT", "PATCH") or not request.is_json:
+def _has_body() -> bool:
+    return bool(request.content_length) or (
+        request.content_length is None
+        and "chunked" in request.headers.get("Transfer-Encoding", "").lower())
+
+
+def _guard_request() -> None:
+    """Authenticate, then read and bound the body: before any schema or view sees it."""
+    view = _view_method()
+    if view is None:
         return
-    if request.path.startswith("/api/v1/experiments/events"):
+    scope = getattr(view, "_flagship_scope", None)
+    if scope is not None:
+        _authenticate(scope)
+        g.flagship_authenticated = True
+    limit = getattr(view, "_flagship_body_limit", None)
+    if limit is not None:
+        request.max_content_length = current_app.config[limit]
+    if request.method not in BODY_METHODS or not request.is_json or not _has_body():
         return
-    field = _nul_path(request.get_json(silent=True))
-    if field is not None:
-        raise ValidationError("text must not contain NUL characters", field=field)
+    request.get_data(cache=True)
+    if request.content_length is None:
+        # a chunked body stops at the limit without a word: one more read raises the 413
+        request.stream.read(1)
+    try:
+        body = request.get_json()  # parsed once, cached for the schemas and views
+    except BadRequest:
+        raise BadRequest(f"the body is not valid JSON: {_json_error(request.get_data())}") from None
+    if getattr(view, "_flagship_items_checked", False):
+        return  # event items are bounded one by one (a bad item never sinks the batch)
+    problem = json_problem(body)
+    if problem is not None:
+        raise ValidationError(problem[1], field=problem[0])
+
+
+def _security_headers(response: Response) -> Response:
+    """HTML gets CSP, nosniff and a referrer policy (a header already set is kept); cookies
+    get Secure when the request came over TLS."""
+    if response.mimetype == "text/html":
+        for name, value in HTML_SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+    if request.is_secure:
+        cookies = response.headers.getlist("Set-Cookie")
+        if any("secure" not in c.lower() for c in cookies):
+            response.headers.setlist("Set-Cookie", [
+                c if "secure" in c.lower() else f"{c}; Secure" for c in cookies])
+    return response
 
 
 def _docs_asset(filename: str) -> Any:
@@ -125,16 +281,25 @@ def _docs_asset(filename: str) -> Any:
     return send_from_directory(swagger_ui_path, filename, max_age=86400)
 
 
+def presented_key() -> str | None:
+    """The API key a request presents: `Authorization: Bearer <key>`, else `X-API-Key: <key>`
+    (the header OFREP clients may send)."""
+    kind, _, token = request.headers.get("Authorization", "").partition(" ")
+    if kind.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
 def _authenticate(scope: str) -> None:
     rt = runtime()
     if not rt.config["AUTH"]:
         g.actor, g.scope, g.key_environment = "anonymous", "admin", None
         return
-    header = request.headers.get("Authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
-    found = verify_key(rt, token.strip())
+    token = presented_key()
+    if token is None:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>' "
+                                  "(or 'X-API-Key: <key>')")
+    found = verify_key(rt, token)
     if found is None:
         raise AuthenticationError("invalid or revoked API key")
     name, key_scope, key_environment = found
@@ -148,9 +313,21 @@ def requires(scope: str = "admin") -> Callable:
     def decorate(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            _authenticate(scope)
+            if not g.get("flagship_authenticated"):  # normally done before the body is read
+                _authenticate(scope)
             return view(*args, **kwargs)
+        wrapper._flagship_scope = scope  # type: ignore[attr-defined]
         return wrapper
+    return decorate
+
+
+def body_options(limit: str | None = None, items_checked: bool = False) -> Callable:
+    """Decorate a view method (inside `requires`): `limit` names the setting bounding its
+    body; `items_checked` leaves bounding the JSON to the view (it checks item by item)."""
+    def decorate(view: Callable) -> Callable:
+        view._flagship_body_limit = limit  # type: ignore[attr-defined]
+        view._flagship_items_checked = items_checked  # type: ignore[attr-defined]
+        return view
     return decorate
 
 
@@ -209,7 +386,7 @@ def expected_version(body: dict[str, Any] | None = None, required: bool = False)
 class PageArgs(ma.Schema):
     """Paging query parameters."""
 
-    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=MAX_PAGE))
     per_page = ma.fields.Integer(load_default=50, validate=ma.validate.Range(min=1, max=500))
 
 
@@ -233,5 +410,5 @@ def versioned(view: Any, status: int = 200) -> tuple[Any, int, dict[str, str]]:
 
 
 def make_blueprint(name: str, description: str) -> Blueprint:
-    return Blueprint(name, __name__, url_prefix="/api/v1", description=description)
+    return FlagshipBlueprint(name, __name__, url_prefix="/api/v1", description=description)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from flask import Flask, redirect
+from flask import Flask
 
 from flagship.runtime import Runtime, make_runtime
 
@@ -24,14 +24,17 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
 
 
 def _init_http(app: Flask) -> None:
-    from flagship import admin_api
+    from flagship import admin_api, config_api, observability
     from flagship.api import init_api
     from flagship.experiments.api import BLUEPRINTS as experiment_blueprints
     from flagship.flags import api as flags_api
-    from flagship.serving import api as serving_api
+    from flagship.serving import api as serving_api, ofrep, stream
+    from flagship.ui import init_ui
 
+    observability.init_app(app)  # first: request ids and metrics also for refused requests
     api = init_api(app)
-    for blueprint in (flags_api.blp, *experiment_blueprints, serving_api.blp, admin_api.blp):
+    for blueprint in (flags_api.blp, *experiment_blueprints, serving_api.blp, stream.blp, ofrep.blp,
+                      admin_api.blp, config_api.blp):
         api.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
-    app.add_url_rule("/", "index", lambda: redirect("/api/docs"))
+    init_ui(app)  # the HTMX UI at /ui/; `/` leads browsers there (API clients to /api/docs)

@@ -105,12 +105,20 @@ def list_keys(runtime: Runtime) -> list[dict[str, Any]]:
 
 
 def revoke_key(runtime: Runtime, actor: str, name: str) -> dict[str, Any]:
-    """Revoke a key by name; it stops working at once."""
+    """Revoke a key by name; it stops working at once.
+
+    The last live admin key that works in every environment (the kind that manages keys)
+    cannot be revoked: that would lock everyone out (create another one first)."""
     with runtime.change(actor) as tx:
         record = store.get_key(tx.session, name)
         if record is None:
             raise NotFoundError(f"no API key named {name!r}")
         before = key_to_dict(record)
+        if (record.revoked_at is None and record.scope == "admin" and record.environment is None
+                and store.count_live_keys(tx.session, "admin", unbound=True) <= 1):
+            raise ConflictError(f"{name!r} is the last admin key that works in every environment; "
+                                "revoking it would lock everyone out: create another admin key "
+                                "first", {"name": ["last unrestricted admin key"]})
         if record.revoked_at is None:
             record.revoked_at = tx.now
             tx.audit("api_key.revoke", "api_key", name, before, key_to_dict(record))

@@ -46,6 +46,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEFAULT_ENVIRONMENT", "production",
             "The environment of calls that name none (the flat /flags endpoints, admin keys)."),
     Setting("AGGREGATE_INTERVAL", 2, "Seconds between in-process aggregation rounds in `serve` (0: off).", int),
+    Setting("STREAM_LIMIT", 4, "Most open event streams per server process (each holds a thread); "
+            "more get 503 with Retry-After (0: streams off).", int),
+    Setting("LOG_FORMAT", "text", "`text`: warnings and errors as plain lines; `json`: one JSON "
+            "object per line, with one line per request (request id, route, status, duration)."),
+    Setting("METRICS_TOKEN", "", "When set, `GET /metrics` needs `Authorization: Bearer <this token>`; "
+            "unset, it needs an admin API key."),
+    Setting("METRICS_MAX_FLAGS", 100, "Most flag keys used as label values of the evaluation "
+            "counter per server process; further flags count as `other`.", int),
 )
 
 
@@ -91,6 +99,8 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         config[setting.name] = _coerce(setting, raw)
     _check_database_url(config["DATABASE_URL"])
     _check_redis_url(config["REDIS_URL"])
+    if config["LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError(f"FLAGSHIP_LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
     if config["PORT"] > 65535:
         raise ConfigError(f"FLAGSHIP_PORT must be at most 65535, got {config['PORT']}")
     if not config["SECRET_KEY"]:

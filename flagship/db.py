@@ -78,7 +78,10 @@ def make_engine(url: str, background_checkpoint: bool = False) -> Engine:
         event.listen(engine, "connect", _no_driver_transactions)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # fail fast when the server is unreachable or the pool is exhausted (a 503 with
+    # Retry-After) instead of holding request threads for the 30 s defaults
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
+                            connect_args={"connect_timeout": 5})
 
 
 class SqliteWriteLock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from flagship.runtime import Runtime
@@ -29,6 +30,9 @@ class Periodic:
         self.task = task
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.started_at: float | None = None   # monotonic; readiness reads these
+        self.last_run: float | None = None
+        self.last_error: str | None = None
 
     @property
     def running(self) -> bool:
@@ -37,6 +41,7 @@ class Periodic:
     def start(self) -> None:
         if not self.running:
             self._stop.clear()
+            self.started_at = time.monotonic()
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
 
@@ -48,8 +53,14 @@ class Periodic:
     def run_once(self) -> None:
         try:
             self.task()
-        except Exception:  # noqa: BLE001 - logged; the next tick retries
+        except Exception as error:  # noqa: BLE001 - logged; the next tick retries
+            self.last_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" \
+                if str(error) else type(error).__name__
             log.exception("background task %s failed", self.name)
+        else:
+            self.last_error = None
+        finally:
+            self.last_run = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -58,9 +69,18 @@ class Periodic:
 
 def aggregate(runtime: Runtime) -> int:
     """Fold pending events and exposures into the per-unit aggregates (one job run)."""
+    from flagship import telemetry
     from flagship.experiments.store.aggregates import catch_up
+    from flagship.experiments.store.reads import oldest_pending_event
 
-    return catch_up(runtime.db, late_after=float(runtime.config["EVENT_LATE_SECONDS"]))
+    done = catch_up(runtime.db, late_after=float(runtime.config["EVENT_LATE_SECONDS"]))
+    telemetry.AGGREGATED_ROWS.inc(done)
+    with runtime.db.engine.connect() as conn:
+        oldest = oldest_pending_event(conn)
+    now = runtime.clock()
+    telemetry.AGGREGATION_LAG.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+    telemetry.AGGREGATION_LAST_SUCCESS.set(now.timestamp())
+    return done
 
 
 def checkpoint(runtime: Runtime) -> None:

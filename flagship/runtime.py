@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from flagship.serving.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
+# the change set open on this thread (or task), if any: (its runtime, its transaction)
+_CHANGE_SET: ContextVar[tuple[Any, Any] | None] = ContextVar("flagship_change_set", default=None)
 
 
 @dataclass
@@ -67,7 +70,13 @@ class Runtime:
 
     @contextmanager
     def change(self, actor: str) -> Iterator[Tx]:
-        """A write transaction; `track_event` hooks fire after it commits."""
+        """A write transaction; `track_event` hooks fire after it commits. Inside a
+        `change_set` of this runtime (same thread), the change joins that transaction."""
+        joined = _CHANGE_SET.get()
+        if joined is not None and joined[0] is self:
+            yield joined[1]
+            joined[1].session.flush()
+            return
         with self.db.write() as session:
             tx = Tx(session=session, actor=actor, now=self.clock())
             yield tx
@@ -75,6 +84,17 @@ class Runtime:
             events = [audit_to_dict(record) for record in tx.events]
         for event in events:
             self._notify(event)
+
+    @contextmanager
+    def change_set(self, actor: str) -> Iterator[Tx]:
+        """One write transaction for many service calls: every `change` made inside it
+        joins it, so they commit (or roll back) together; hooks fire after the commit."""
+        with self.change(actor) as tx:
+            token = _CHANGE_SET.set((self, tx))
+            try:
+                yield tx
+            finally:
+                _CHANGE_SET.reset(token)
 
     def _notify(self, event: dict[str, Any]) -> None:
         try:

@@ -91,8 +91,10 @@ def live_key(conn: sa.Connection, digest: str) -> tuple[str, str, str | None] | 
     return (row[0], row[1], row[2]) if row else None
 
 
-def count_live_keys(session: Session, scope: str | None = None) -> int:
+def count_live_keys(session: Session, scope: str | None = None, unbound: bool = False) -> int:
     query = sa.select(sa.func.count(ApiKeyRecord.id)).where(ApiKeyRecord.revoked_at.is_(None))
     if scope:
         query = query.where(ApiKeyRecord.scope == scope)
+    if unbound:
+        query = query.where(ApiKeyRecord.environment.is_(None))
     return int(session.execute(query).scalar_one())

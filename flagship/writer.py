@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
+
+from flagship import telemetry
 
 T = TypeVar("T")
 Op = Callable[[sa.Connection], Any]
@@ -77,6 +80,8 @@ class BatchWriter:
 
     def _commit(self, batch: list[tuple[Any, Future]]) -> None:
         outcomes: list[tuple[Future, bool, Any]] = []
+        telemetry.WRITER_BATCH.observe(len(batch))
+        started = time.perf_counter()
         try:
             with self._begin() as conn:
                 merged: dict[str, list[tuple[_Merged, Future]]] = {}
@@ -91,6 +96,7 @@ class BatchWriter:
             for _, future in batch:
                 future.set_exception(exc)
             return
+        telemetry.WRITER_COMMIT.observe(time.perf_counter() - started)
         for future, ok, value in outcomes:
             if ok:
                 future.set_result(value)

@@ -108,3 +108,70 @@ def test_review_findings_are_4xx_not_500(client, admin):
                                                   "denominator_event": "b", "winsorize_percentile": 99},
                         headers=admin)
     assert ratio.status_code == 422 and "winsorize_percentile" in str(ratio.json["errors"])
+
+
+# -- issue 13: deep nesting, huge numbers, huge pages, bodies without a key -------------------
+
+BODY_PATHS = [("post", "/api/v1/flags"), ("put", "/api/v1/flags/fuzzed"), ("post", "/api/v1/evaluate"),
+              ("post", "/api/v1/segments"), ("post", "/api/v1/experiments/events"),
+              ("post", "/api/v1/experiments/events/batch"), ("post", "/api/v1/explain"),
+              ("patch", "/api/v1/layers/main"), ("post", "/api/v1/config/apply"),
+              ("post", "/api/v1/keys"), ("post", "/api/v1/stats/power")]
+huge_ints = st.integers(min_value=2 ** 62, max_value=10 ** 400) | st.integers(max_value=-(2 ** 62),
+                                                                                min_value=-(10 ** 400))
+
+
+def _nest(leaf, depth: int, as_dict: bool):
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value} if as_dict else [value]
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(depth=st.integers(min_value=0, max_value=1100), as_dict=st.booleans(),
+       leaf=scalars | huge_ints, where=st.sampled_from(["variants", "context", "properties", "config", "top"]),
+       keyed=st.booleans())
+def test_deep_or_huge_bodies_never_500_and_need_a_key_first(client, admin, depth, as_dict, leaf,
+                                                            where, keyed):
+    value = _nest(leaf, depth, as_dict)
+    body = value if where == "top" else {
+        "key": "fuzzed", "type": "json", "variants": {"x": value, "y": 1}, "default_variant": "y",
+        "unit": "u", "event": "e", "context": value, "properties": {"p": value},
+        "config": {"flags": {"x": {"type": "json", "variants": {"v": value}}}}, "version": 1}
+    try:
+        raw = json.dumps(body)
+    except (RecursionError, ValueError):
+        return  # not representable by the test's own encoder
+    for method, path in BODY_PATHS:
+        headers = {"Content-Type": "application/json", **(admin if keyed else {})}
+        response = getattr(client, method)(path, data=raw, headers=headers)
+        assert response.status_code < 500, (path, depth, response.get_json(silent=True))
+        if not keyed:
+            assert response.status_code == 401, (path, response.status_code)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(page=st.integers(min_value=-(2 ** 70), max_value=2 ** 70) | st.text(max_size=5),
+       per_page=st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+       path=st.sampled_from(["/audit", "/flags", "/experiments", "/metrics", "/flags/f/revisions",
+                             "/experiments/e/revisions"]))
+def test_any_page_of_any_list_is_never_a_500(client, admin, page, per_page, path):
+    response = client.get(f"/api/v1{path}", query_string={"page": page, "per_page": per_page},
+                          headers=admin)
+    assert response.status_code in (200, 404, 422), (path, page, per_page, response.get_json())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(version=st.integers(min_value=-(2 ** 70), max_value=10 ** 40), if_match=st.integers(
+    min_value=-(2 ** 70), max_value=10 ** 40) | st.none(), digits=st.integers(min_value=1, max_value=6000))
+def test_versions_and_long_numbers_are_never_a_500(client, admin, version, if_match, digits):
+    client.post("/api/v1/flags", json=boolean_flag("f"), headers=admin)
+    headers = {**admin, **({"If-Match": str(if_match)} if if_match is not None else {})}
+    for path in (f"/api/v1/flags/f/revisions/{version}/restore",
+                 f"/api/v1/experiments/e/revisions/{version}/restore"):
+        assert client.post(path, headers=headers).status_code in (200, 404, 409, 422)
+    raw = '{"key": "n", "type": "number", "variants": {"x": ' + "7" * digits + ', "y": 1}, ' \
+          '"default_variant": "y"}'
+    response = client.post("/api/v1/flags", data=raw, content_type="application/json", headers=admin)
+    assert response.status_code in (201, 400, 409, 422), response.get_json()

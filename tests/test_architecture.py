@@ -82,7 +82,7 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
-CORE = ("flagship.errors", "flagship.diff", "flagship.flags.model", "flagship.flags.bucketing",
+CORE = ("flagship.errors", "flagship.diff", "flagship.jsonvalue", "flagship.flags.model", "flagship.flags.bucketing",
         "flagship.flags.builtin_operators", "flagship.rollout.builtin_guardrails",
         "flagship.flags.operators", "flagship.flags.evaluate", "flagship.flags.rules",
         "flagship.flags.traffic", "flagship.flags.explain", "flagship.flags.snapshot",
@@ -93,6 +93,8 @@ CORE = ("flagship.errors", "flagship.diff", "flagship.flags.model", "flagship.fl
         "flagship.rollout.alerts")
 HTTP = ("flagship.api", "flagship.admin_api", "flagship.flags.api", "flagship.flags.schemas",
         "flagship.experiments.api", "flagship.experiments.schemas", "flagship.serving.api",
+        "flagship.serving.ofrep", "flagship.serving.stream", "flagship.openapi",
+        "flagship.observability", "flagship.config_api",
         "flagship.ui", "flask", "flask_smorest", "werkzeug", "webargs")
 FRONT_DOORS = ("flagship.app", "flagship.cli", "flagship.server", "flagship.jobs", "flagship.ui")
 

@@ -42,8 +42,11 @@ def test_layer_crud_and_allocation_map(api):
                                      "ranges": [[0, 4000]], "percentage": 40.0}]
     assert shown["free_percentage"] == 60.0 and shown["free_ranges"] == [[4000, 10000]]
     assert api("delete", "/layers/main", status=409)["errors"]["experiments"] == ["exp-a"]
-    assert "salt" in api("patch", "/layers/main", {"salt": "new"}, 409)["errors"]
-    assert api("patch", "/layers/main", {"name": "Renamed"})["name"] == "Renamed"
+    version = api("get", "/layers/main")["version"]
+    assert api("patch", "/layers/main", {"name": "x"}, 428)["errors"] == {"version": ["required"]}
+    assert "salt" in api("patch", "/layers/main", {"salt": "new", "version": version}, 409)["errors"]
+    assert api("patch", "/layers/main", {"name": "n", "version": version + 5}, 409)
+    assert api("patch", "/layers/main", {"name": "Renamed", "version": version})["name"] == "Renamed"
     api("post", "/experiments/exp-a/stop", {"outcome": "terminated"})
     assert api("get", "/layers/main")["free_percentage"] == 100.0
     api("delete", "/layers/main", status=204)

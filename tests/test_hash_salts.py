@@ -130,14 +130,14 @@ def test_a_layer_salt_may_not_be_a_flags(api):
     _names(api("post", "/layers", {"key": "l2", "salt": "checkout"}, 409), "flag", "checkout")
     api("get", "/layers/l2", status=404)  # nothing was written
     api("post", "/layers", {"key": "l2", "salt": "l2-own"}, 201)
-    _names(api("patch", "/layers/l2", {"salt": "checkout"}, 409), "flag", "checkout")
+    _names(api("patch", "/layers/l2", {"version": api("get", "/layers/l2")["version"], "salt": "checkout"}, 409), "flag", "checkout")
     assert api("get", "/layers/l2")["salt"] == "l2-own"
     # and the other way round: a flag may not take a layer's salt
     _names(api("post", "/flags", boolean_flag("x", salt="l2-own"), 409), "layer", "l2")
     api("post", "/flags", boolean_flag("y", salt="layer:main2"), 201)
     _names(api("post", "/layers", {"key": "main2"}, 409), "flag", "y")  # even its default salt
     # a layer keeping its own salt is no clash
-    assert api("patch", "/layers/l2", {"salt": "l2-own", "name": "Two"})["name"] == "Two"
+    assert api("patch", "/layers/l2", {"version": api("get", "/layers/l2")["version"], "salt": "l2-own", "name": "Two"})["name"] == "Two"
 
 
 def test_an_experiment_salt_may_not_be_a_layers_or_another_experiments(api):
@@ -177,14 +177,14 @@ def test_a_flag_salt_may_not_be_a_release_rules(api):
 def test_a_layer_that_ran_experiments_keeps_its_salt(api):
     api("post", "/layers", {"key": "main"}, 201)
     api("post", "/experiments", two_variant_experiment("exp-a", "colour", "main", 40), 201)
-    api("patch", "/layers/main", {"salt": "fresh"})  # drafts only: still allowed
+    api("patch", "/layers/main", {"version": api("get", "/layers/main")["version"], "salt": "fresh"})  # drafts only: still allowed
     assert api("get", "/layers/main")["salt"] == "fresh"
     api("post", "/layers", {"key": "other", "salt": "layer:main"}, 201)  # the old salt was freed
     api("post", "/experiments/exp-a/start")
-    body = api("patch", "/layers/main", {"salt": "fresher"}, 409)
+    body = api("patch", "/layers/main", {"version": api("get", "/layers/main")["version"], "salt": "fresher"}, 409)
     assert body["errors"]["salt"] == ["in use"] and "reshuffle" in body["message"]
     api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
-    assert api("patch", "/layers/main", {"salt": "fresher"}, 409)["errors"]["salt"] == ["in use"]
+    assert api("patch", "/layers/main", {"version": api("get", "/layers/main")["version"], "salt": "fresher"}, 409)["errors"]["salt"] == ["in use"]
     assert api("get", "/layers/main")["salt"] == "fresh"
 
 
@@ -202,7 +202,7 @@ def test_deleting_an_object_frees_its_salt(api):
         assert api("post", "/layers", {"key": f"probe{i}", "salt": salt}, 201)["salt"] == salt
     # and a salt freed by a change of salt
     api("post", "/layers", {"key": "moved", "salt": "before"}, 201)
-    api("patch", "/layers/moved", {"salt": "after"})
+    api("patch", "/layers/moved", {"version": api("get", "/layers/moved")["version"], "salt": "after"})
     api("post", "/layers", {"key": "taker", "salt": "before"}, 201)
     _names(api("post", "/layers", {"key": "taker2", "salt": "after"}, 409), "layer", "moved")
 

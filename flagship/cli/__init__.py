@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
 import sys
 from typing import Any
 
@@ -144,12 +147,23 @@ def ensure_admin_key(runtime: Any, out: Any = sys.stderr) -> str | None:
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the server with gunicorn (migrates first on the embedded SQLite default)."""
     from flagship.db import upgrade
-    from flagship.server import run_gunicorn
+    from flagship.server import prepare_metrics_dir, run_gunicorn
 
+    prepare_metrics_dir()  # before anything imports prometheus_client
+    # one signing key for every worker: a UI session signed by one must be valid in the others
+    os.environ.setdefault("FLAGSHIP_SECRET_KEY", secrets.token_hex(32))
     settings = _settings(HOST=host, PORT=port, WORKERS=workers)
     if settings["DATABASE_URL"].startswith("sqlite"):
         upgrade(settings["DATABASE_URL"])
     runtime = _runtime(HOST=settings["HOST"], PORT=settings["PORT"])
+    from flagship.observability import configure_logging
+
+    configure_logging(runtime.config["LOG_FORMAT"])
+    problem = runtime.assignments.ping() if runtime.config["REDIS_URL"] else None
+    if problem:
+        logging.getLogger("flagship.serve").error(
+            "FLAGSHIP_REDIS_URL is set but Redis cannot be reached (%s): serving anyway; sticky "
+            "assignments use the SQL exposures table until it is back", problem)
     if runtime.config["AUTH"]:
         ensure_admin_key(runtime)
     runtime.db.dispose()  # each gunicorn worker opens its own connections after fork
@@ -159,12 +173,14 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 def _register_more_commands() -> None:
+    from flagship.cli.configfile import config
     from flagship.cli.data import events, experiments
     from flagship.cli.stats import aa_test
 
     main.add_command(events)
     main.add_command(experiments)
     main.add_command(aa_test)
+    main.add_command(config)
 
 
 _register_more_commands()

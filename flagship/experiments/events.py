@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
+from flagship.jsonvalue import MAX_VALUE_DEPTH, json_problem
+
 EXPOSURE = "$exposure"
 FIELDS = frozenset({"event_id", "unit", "event", "value", "timestamp", "properties",
                     "experiment", "variant"})
@@ -108,6 +110,10 @@ def _properties(item: Mapping[str, Any], errors: Errors) -> Mapping[str, Any] | 
         return None
     if not isinstance(value, dict):
         errors["properties"] = ["must be an object"]
+        return None
+    problem = json_problem(value, MAX_VALUE_DEPTH, path="properties")
+    if problem is not None:  # checked without recursion before anything recurses into it
+        errors[problem[0]] = [problem[1]]
         return None
     if len(repr(value)) > MAX_PROPERTIES_BYTES:
         errors["properties"] = [f"must be smaller than {MAX_PROPERTIES_BYTES} bytes"]

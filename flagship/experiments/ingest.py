@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from flagship.experiments.events import EXPOSURE, Bounds, EventIn, parse_event
 from flagship.experiments.store import events as store
+from flagship import telemetry
 from flagship.runtime import Runtime
 
 
@@ -105,4 +106,5 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
     result.accepted = runtime.db.batched_merge("events", batch, store.write)
     result.late = batch.counts.get("late", 0)
     result.duplicates = len(valid) - result.accepted + repeats
+    telemetry.count_events(result.accepted, result.duplicates, len(rejected))
     return result

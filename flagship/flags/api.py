@@ -172,7 +172,7 @@ class FlagRevisions(MethodView):
         return page_body(items, total, args["page"], args["per_page"])
 
 
-@blp.route("/flags/<key>/revisions/<int:version>/restore")
+@blp.route("/flags/<key>/revisions/<int(min=1, max=2147483647):version>/restore")
 class FlagRestore(MethodView):
     @requires("admin")
     @blp.response(200, schemas.FlagSchema)

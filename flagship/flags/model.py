@@ -17,6 +17,7 @@ from typing import Any, Callable, Collection, Mapping, NoReturn
 from flagship.errors import ValidationError
 from flagship.flags.bucketing import check_percentage
 from flagship.flags.operators import Operator
+from flagship.jsonvalue import INT_LIMIT, MAX_VALUE_DEPTH, json_problem, short_repr
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 FLAG_TYPES = ("boolean", "string", "number", "json")
@@ -154,23 +155,42 @@ def _disjoint(first: Collection[str], second: tuple[str, ...], path: str, names:
 
 
 def _is_json(value: Any) -> bool:
+    if json_problem(value, MAX_VALUE_DEPTH, nul=False) is not None:
+        return False  # too deep or an integer beyond 64 bits (checked without recursion)
+    return _is_plain_json(value)
+
+
+def _is_plain_json(value: Any) -> bool:
     if value is None or isinstance(value, (str, bool, int)):
         return True
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, list):
-        return all(_is_json(item) for item in value)
+        return all(_is_plain_json(item) for item in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+        return all(isinstance(k, str) and _is_plain_json(v) for k, v in value.items())
     return False
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -INT_LIMIT <= value < INT_LIMIT
+    return isinstance(value, float) and math.isfinite(value)
 
 
 _VARIANT_TYPES: dict[str, Callable[[Any], bool]] = {
     "boolean": lambda v: isinstance(v, bool),
     "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    and math.isfinite(v),
+    "number": _is_number,
     "json": _is_json,
+}
+
+
+_VARIANT_HINTS = {
+    "number": " (a finite number; integers within 64 bits)",
+    "json": f" (JSON nested at most {MAX_VALUE_DEPTH} levels; integers within 64 bits)",
 }
 
 
@@ -181,7 +201,8 @@ def _variants(value: Any, flag_type: str, path: str) -> dict[str, Any]:
     for name, variant in value.items():
         _key(name, _at(path, name))
         if not check(variant):
-            _fail(_at(path, name), f"value {variant!r} is not a valid {flag_type} value")
+            _fail(_at(path, name), f"value {short_repr(variant)} is not a valid {flag_type} value"
+                  + _VARIANT_HINTS.get(flag_type, ""))
     return dict(value)
 
 

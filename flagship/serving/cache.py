@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from flagship import telemetry
 from flagship.db import Database, MetaRecord
 from flagship.errors import NotFoundError
 from flagship.experiments.store import config as experiment_store
@@ -72,6 +73,8 @@ class SnapshotCache:
         doc = {"revision": int(revision), **content}
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
         etag = '"' + tag.hexdigest()[:40] + '"'
+        telemetry.SNAPSHOT_REBUILDS.labels(environment).inc()
+        telemetry.SNAPSHOT_REVISION.set(int(revision))
         return CompiledSnapshot(int(revision), Snapshot.from_dict(doc, self._operators), body, etag)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
+from flagship import telemetry
 from flagship.experiments.assignment import Assignment, AssignmentStore
 from flagship.flags.evaluate import SPLIT, EvalState, Evaluation, unit_key
 from flagship.flags.snapshot import Snapshot
@@ -33,12 +34,15 @@ class Evaluator:
         self.assignments = assignments
         self.clock = clock
 
-    def state_for(self, snapshot: Snapshot, context: Any) -> tuple[EvalState, str | None]:
-        """The clock and this unit's sticky records (looked up only if experiments exist)."""
+    def state_for(self, snapshot: Snapshot, context: Any,
+                  flag_keys: Iterable[str] | None = None) -> tuple[EvalState, str | None]:
+        """The clock and this unit's sticky records, looked up only when one of the flags
+        evaluated (`flag_keys`, None: all) runs an experiment: evaluating any other flag
+        never touches the assignment store (nor Redis)."""
         now = self.clock()
         unit = _unit(context)
         sticky: dict[str, str] = {}
-        if unit is not None and snapshot.experiments:
+        if unit is not None and _uses_sticky(snapshot, flag_keys):
             sticky = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
         return EvalState(now=now.timestamp(), sticky=sticky), unit
 
@@ -47,8 +51,8 @@ class Evaluator:
         """Evaluate the named flags (or all) of `environment`; record first assignments."""
         compiled = self.snapshots.get(environment)
         snapshot = compiled.snapshot
-        state, unit = self.state_for(snapshot, context)
         keys = list(snapshot.flags) if flag_keys is None else list(flag_keys)
+        state, unit = self.state_for(snapshot, context, keys)
         results = {key: snapshot.evaluate(key, context, state) for key in keys}
         created = []
         for key, result in results.items():
@@ -59,6 +63,7 @@ class Evaluator:
             results[key], new = self._persist(snapshot, result, unit)
             if new:
                 created.append(result.experiment)
+        telemetry.count_evaluations((key, r.reason) for key, r in results.items())
         return Outcome(compiled.revision, results, dict(state.sticky), tuple(created))
 
     def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
@@ -69,6 +74,15 @@ class Evaluator:
             flag = snapshot.flags[result.flag_key]
             result = replace(result, variant=kept.variant, value=flag.variants[kept.variant])
         return result, new
+
+
+def _uses_sticky(snapshot: Snapshot, flag_keys: Iterable[str] | None) -> bool:
+    if not snapshot.experiments:
+        return False
+    if flag_keys is None:
+        return True
+    wanted = set(flag_keys)
+    return any(spec.flag in wanted for spec in snapshot.experiments.values())
 
 
 def _unit(context: Any) -> str | None:

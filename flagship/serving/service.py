@@ -35,7 +35,7 @@ def snapshot(runtime: Runtime, environment: str | None = None) -> CompiledSnapsh
 def explain(runtime: Runtime, flag: str, context: Any, environment: str | None = None) -> dict[str, Any]:
     """Every step of one evaluation, with the unit's sticky records as evaluation sees them."""
     compiled = runtime.snapshots.get(environment or _default(runtime))
-    state, _ = runtime.evaluator.state_for(compiled.snapshot, context)
+    state, _ = runtime.evaluator.state_for(compiled.snapshot, context, [flag])
     return {"revision": compiled.revision, **compiled.snapshot.explain(flag, context, state)}
 
 

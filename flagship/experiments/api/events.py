@@ -7,15 +7,16 @@ from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import abort
 
-from flagship.api import environment, make_blueprint, requires, runtime
+from flagship.api import body_options, environment, make_blueprint, requires, runtime
 from flagship.experiments import ingest
+from flagship.openapi import event_body
 
 blp = make_blueprint("events", "Events in, and data quality")
 
 
 def _body() -> Any:
-    request.max_content_length = current_app.config["MAX_EVENT_BATCH_BYTES"]
-    body = request.get_json(silent=True)
+    # read (size-limited, parsed, after authentication) by flagship.api's request guard
+    body = request.get_json(silent=True) if request.is_json else None
     if body is None:
         abort(400, message="the body must be JSON (Content-Type: application/json)")
     return body
@@ -24,6 +25,8 @@ def _body() -> Any:
 @blp.route("/experiments/events")
 class Event(MethodView):
     @requires("sdk")
+    @body_options(limit="MAX_EVENT_BATCH_BYTES", items_checked=True)
+    @blp.doc(requestBody=event_body(batch=False))
     @blp.response(202)
     def post(self) -> dict[str, Any]:
         """Record one event: {event_id?, unit, event, value?, timestamp?, properties?}
@@ -45,6 +48,8 @@ class Event(MethodView):
 @blp.route("/experiments/events/batch")
 class EventBatch(MethodView):
     @requires("sdk")
+    @body_options(limit="MAX_EVENT_BATCH_BYTES", items_checked=True)
+    @blp.doc(requestBody=event_body(batch=True))
     @blp.response(200)
     def post(self) -> dict[str, Any]:
         """Record up to 10,000 events: a list, or {"events": [...]}

@@ -44,8 +44,9 @@ class LayerByKey(MethodView):
     @blp.arguments(schemas.LayerPatchSchema)
     @blp.response(200, schemas.LayerSchema)
     def patch(self, body: dict[str, Any], key: str) -> Any:
-        """Rename or describe a layer (the salt only before any experiment ran in it)"""
-        version = expected_version(body)
+        """Rename or describe a layer (needs If-Match or `version`; the salt only before any
+        experiment ran in it)"""
+        version = expected_version(body, required=True)
         body.pop("version", None)
         return versioned(layer_service.update_layer(runtime(), actor(), key, body, version))
 
@@ -160,7 +161,7 @@ class ExperimentRevisions(MethodView):
         return page_body(items, total, args["page"], args["per_page"])
 
 
-@blp.route("/experiments/<key>/revisions/<int:version>/restore")
+@blp.route("/experiments/<key>/revisions/<int(min=1, max=2147483647):version>/restore")
 class ExperimentRevisionRestore(MethodView):
     @requires("admin")
     @blp.response(200, schemas.ExperimentSchema)

@@ -6,14 +6,23 @@ in SQL for the analysis.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from redis.exceptions import RedisError
 
+from flagship import telemetry
 from flagship.db import Database, insert_new
 from flagship.experiments.assignment import Assignment, AssignmentStore
 from flagship.experiments.store.tables import ExposureRecord
+
+log = logging.getLogger(__name__)
+REDIS_RETRY_SECONDS = 5.0
+BACKFILL_MARGIN = timedelta(seconds=60)  # assignments in flight when the outage was seen
 
 
 def _utc(value: datetime) -> datetime:
@@ -51,12 +60,12 @@ class SqlAssignments:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._select = sa.select(ExposureRecord.__table__)
+        self.select = sa.select(ExposureRecord.__table__)
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
         table = ExposureRecord.__table__
         with self._db.engine.connect() as conn:
-            rows = conn.execute(self._select.where(table.c.unit == unit)).all()
+            rows = conn.execute(self.select.where(table.c.unit == unit)).all()
         return {row.experiment_key: _from_row(row) for row in rows}
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
@@ -70,27 +79,132 @@ class RedisAssignments:
     """Production store: one Redis hash per unit, field = experiment (HSETNX is the lock).
 
     Exposures are still written to SQL, where the analysis reads them; the Redis hash
-    is the sticky record the hot path consults.
+    is the sticky record the hot path consults. SQL therefore holds every assignment,
+    which makes it the fallback: while Redis is unreachable, reads and first assignments
+    go to the exposures table (logged loudly once; Redis is retried every
+    `retry_seconds`), and when Redis is back the assignments made meanwhile are copied
+    into it, so nobody's variant changes across the outage.
     """
 
-    def __init__(self, client: Any, db: Database, prefix: str = "flagship:assign:") -> None:
+    def __init__(self, client: Any, db: Database, prefix: str = "flagship:assign:",
+                 retry_seconds: float = REDIS_RETRY_SECONDS) -> None:
         self._redis = client
         self._db = db
         self._prefix = prefix
+        self._sql = SqlAssignments(db)
+        self.retry_seconds = retry_seconds
+        self._lock = threading.Lock()
+        self._down_since: datetime | None = None  # wall clock: the backfill reads from it
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and SQL serves the sticky records."""
+        return self._down_since is not None
+
+    def check(self) -> dict[str, Any]:
+        """Readiness: can Redis be reached now (and what serves while it cannot)."""
+        try:
+            self._redis.ping()
+        except RedisError as error:
+            self._failed(error)
+            return {"status": "down", "fallback": "sql exposures table",
+                    "error": type(error).__name__}
+        self._recovered()
+        return {"status": "ok"}
+
+    def ping(self) -> str | None:
+        """Why Redis cannot be reached now, or None (no state changes: for start-up checks)."""
+        try:
+            self._redis.ping()
+        except RedisError as error:
+            return _reason(error)
+        return None
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
-        raw = self._redis.hgetall(self._prefix + unit)
-        return {_text(exp): _decode(_text(exp), unit, _text(value)) for exp, value in raw.items()}
+        if self._usable():
+            try:
+                raw = self._redis.hgetall(self._prefix + unit)
+            except RedisError as error:
+                self._failed(error)
+            else:
+                self._recovered()
+                return {_text(exp): _decode(_text(exp), unit, _text(v)) for exp, v in raw.items()}
+        return self._sql.for_unit(unit)
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
+        if self._usable():
+            try:
+                result = self._assign(assignment)
+            except RedisError as error:
+                self._failed(error)
+            else:
+                self._recovered()
+                return result
+        return self._sql.assign(assignment)
+
+    def _assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
         key = self._prefix + assignment.unit
-        encoded = (f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
-                   f"\t{assignment.epoch}")
-        if self._redis.hsetnx(key, assignment.experiment, encoded):
-            insert_exposure(self._db, assignment)
-            return assignment, True
+        if self._redis.hsetnx(key, assignment.experiment, _encode(assignment)):
+            if insert_exposure(self._db, assignment):
+                return assignment, True
+            # SQL already has one (assigned while Redis was down): that one holds
+            kept = self._sql.for_unit(assignment.unit).get(assignment.experiment, assignment)
+            self._redis.hset(key, assignment.experiment, _encode(kept))
+            return kept, False
         current = self._redis.hget(key, assignment.experiment)
         return _decode(assignment.experiment, assignment.unit, _text(current)), False
+
+    def _usable(self) -> bool:
+        return self._down_since is None or time.monotonic() >= self._retry_at
+
+    def _failed(self, error: Exception) -> None:
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = datetime.now(timezone.utc)
+                telemetry.REDIS_DEGRADED.set(1)
+            self._retry_at = time.monotonic() + self.retry_seconds
+        if first:
+            log.error("Redis is unreachable (%s): sticky assignments are read from and written "
+                      "to the SQL exposures table until it is back (retried every %.0f s)",
+                      _reason(error), self.retry_seconds)
+
+    def _recovered(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is None:
+            return
+        telemetry.REDIS_DEGRADED.set(0)
+        try:
+            copied = self._backfill(since - BACKFILL_MARGIN)
+        except RedisError as error:  # down again: keep serving from SQL
+            self._failed(error)
+            return
+        log.warning("Redis is reachable again: %d assignments made meanwhile copied into it",
+                    copied)
+
+    def _backfill(self, since: datetime) -> int:
+        table = ExposureRecord.__table__
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(self._sql.select.where(table.c.assigned_at >= since)).all()
+        pipe = self._redis.pipeline(transaction=False)
+        for row in rows:
+            assignment = _from_row(row)
+            pipe.hset(self._prefix + assignment.unit, assignment.experiment, _encode(assignment))
+        pipe.execute()
+        return len(rows)
+
+
+def _encode(assignment: Assignment) -> str:
+    return (f"{assignment.variant}\t{assignment.layer}\t{assignment.assigned_at.isoformat()}"
+            f"\t{assignment.epoch}")
+
+
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 def _text(value: Any) -> str:
@@ -108,7 +222,9 @@ def make_assignment_store(db: Database, redis_url: str) -> AssignmentStore:
     if redis_url:
         import redis
 
-        return RedisAssignments(redis.Redis.from_url(redis_url), db)
+        # short timeouts: an unreachable Redis must cost a request milliseconds, not minutes
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=1.0)
+        return RedisAssignments(client, db)
     return SqlAssignments(db)
 
 

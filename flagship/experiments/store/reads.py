@@ -166,6 +166,16 @@ def pending(conn: sa.Connection) -> dict[str, int]:
             "exposures": int(conn.execute(sa.select(sa.func.count()).where(sa.not_(x.c.aggregated))).scalar_one())}
 
 
+def oldest_pending_event(conn: sa.Connection) -> datetime | None:
+    """When the oldest event not yet aggregated was received (None: nothing pending)."""
+    e = EventRecord.__table__
+    value = conn.execute(sa.select(e.c.received_at).where(sa.not_(e.c.aggregated))
+                         .order_by(e.c.id).limit(1)).scalar()
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def export_rows(conn: sa.Connection, query: Any, batch: int) -> Iterator[Any]:
     """Rows in batches (a server-side cursor on PostgreSQL): no table is held in memory."""
     return iter(conn.execute(query.execution_options(yield_per=batch)))

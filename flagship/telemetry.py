@@ -1,0 +1,92 @@
+"""Prometheus metrics of a flagship process (what `GET /metrics` exposes).
+
+The metric objects live here, outside the HTTP layer, so services and stores can count
+what they do. Under `flagship serve` every gunicorn worker writes its values to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode) and a scrape of any
+worker adds them up; elsewhere (tests, the CLI) they are ordinary in-process metrics.
+prometheus-client picks its mode when first imported, so `serve` sets the directory
+before anything imports this module.
+
+Label values are bounded: routes are URL rules (templates, not paths), statuses and
+reasons are small sets, and flag keys are admitted as labels up to
+FLAGSHIP_METRICS_MAX_FLAGS per process, after which they count as `other`.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+OTHER = "other"
+
+REQUESTS = Counter("flagship_http_requests", "HTTP requests by route template, method and status",
+                   ["route", "method", "status"])
+LATENCY = Histogram("flagship_http_request_duration_seconds",
+                    "Latency of the hot endpoints (evaluation, snapshot, assignment, events)",
+                    ["route"], buckets=LATENCY_BUCKETS)
+EVALUATIONS = Counter("flagship_evaluations", "Flag evaluations served, by flag and reason",
+                      ["flag", "reason"])
+EVENTS = Counter("flagship_events", "Events received, by outcome (accepted, duplicate, rejected)",
+                 ["outcome"])
+WRITER_BATCH = Histogram("flagship_writer_batch_size", "Writes merged into one group commit",
+                         buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000))
+WRITER_COMMIT = Histogram("flagship_writer_commit_seconds", "Duration of one group commit",
+                          buckets=LATENCY_BUCKETS)
+SNAPSHOT_REBUILDS = Counter("flagship_snapshot_rebuilds", "Compiled snapshots rebuilt, by environment",
+                            ["environment"])
+SNAPSHOT_REVISION = Gauge("flagship_snapshot_revision", "Store revision of the newest compiled snapshot",
+                          multiprocess_mode="max")
+AGGREGATION_LAG = Gauge("flagship_aggregation_lag_seconds",
+                        "Age of the oldest event not yet aggregated, after the last aggregation round",
+                        multiprocess_mode="livemax")
+AGGREGATED_ROWS = Counter("flagship_aggregated_rows", "Events and exposures folded into the aggregates")
+AGGREGATION_LAST_SUCCESS = Gauge("flagship_aggregation_last_success_timestamp_seconds",
+                                 "When an aggregation round last succeeded (Unix time)",
+                                 multiprocess_mode="max")
+REDIS_DEGRADED = Gauge("flagship_redis_degraded",
+                       "1 while Redis is unreachable and sticky assignments are served from SQL",
+                       multiprocess_mode="livemax")
+
+
+class FlagLabels:
+    """Flag keys admitted as label values: the first `limit` seen, then `other`."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self._admitted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> str:
+        if key in self._admitted:
+            return key
+        with self._lock:
+            if len(self._admitted) < self.limit:
+                self._admitted.add(key)
+                return key
+        return OTHER
+
+
+flag_labels = FlagLabels()
+
+
+def configure(max_flags: int) -> None:
+    """Apply FLAGSHIP_METRICS_MAX_FLAGS (once per process, before serving)."""
+    flag_labels.limit = max_flags
+
+
+def count_evaluations(results: Iterable[tuple[str, str]]) -> None:
+    """Count `(flag key, reason)` pairs, one increment per distinct pair."""
+    tally: dict[tuple[str, str], int] = {}
+    for key, reason in results:
+        pair = (flag_labels(key), reason)
+        tally[pair] = tally.get(pair, 0) + 1
+    for (flag, reason), n in tally.items():
+        EVALUATIONS.labels(flag, reason).inc(n)
+
+
+def count_events(accepted: int, duplicates: int, rejected: int) -> None:
+    for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
+        if n:
+            EVENTS.labels(outcome).inc(n)

@@ -1,0 +1,206 @@
+"""`/metrics`, `/readyz`, request logs and tracing; a real `flagship serve --workers 2`."""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import boolean_flag, make_app
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_need_an_admin_key_and_count_requests_evaluations_and_events(api, client, admin, sdk):
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=sdk).status_code == 403
+    api("post", "/flags", boolean_flag("f"), 201)
+    before = client.get("/metrics", headers=admin).get_data(as_text=True)
+    for i in range(3):
+        api("post", "/evaluate", {"context": {"key": f"u{i}"}})
+    api("post", "/experiments/events/batch", [{"unit": "u", "event": "e", "event_id": "x"},
+                                             {"unit": "u", "event": "e", "event_id": "x"},
+                                             {"unit": "", "event": "e"}])
+    response = client.get("/metrics", headers=admin)
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+
+    def delta(name: str, **labels: str) -> float:
+        return _sample(text, name, **labels) - _sample(before, name, **labels)
+
+    assert delta("flagship_http_requests_total", route="/api/v1/evaluate", method="POST", status="200") == 3
+    assert delta("flagship_evaluations_total", flag="f", reason="DEFAULT") == 3
+    assert delta("flagship_http_request_duration_seconds_count", route="/api/v1/evaluate") == 3
+    assert delta("flagship_events_total", outcome="accepted") == 1
+    assert delta("flagship_events_total", outcome="duplicate") == 1
+    assert delta("flagship_events_total", outcome="rejected") == 1
+    assert delta("flagship_writer_batch_size_count") >= 1
+    assert _sample(text, "flagship_snapshot_revision") >= 1
+
+
+def test_a_metrics_token_replaces_the_admin_key(database_url):
+    app = make_app(database_url, METRICS_TOKEN="scrape-secret")
+    try:
+        client = app.test_client()
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+    finally:
+        app.extensions["flagship"].db.dispose()
+
+
+def test_flag_labels_are_capped():
+    from flagship.telemetry import FlagLabels
+
+    labels = FlagLabels(limit=2)
+    assert [labels(k) for k in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
+
+
+def test_readyz_reports_each_check(client, runtime):
+    from flagship.jobs import Periodic
+
+    body = client.get("/readyz")
+    assert body.status_code == 200 and body.json["status"] == "ready"
+    assert body.json["checks"]["database"]["status"] == "ok"
+    assert body.json["checks"]["migrations"]["status"] == "ok"
+    assert body.json["checks"]["redis"]["status"] == "not configured"
+    stopped = Periodic("flagship-aggregate", 1.0, lambda: None)
+    client.application.extensions["flagship.jobs"] = [stopped]
+    body = client.get("/readyz").json
+    assert body["status"] == "degraded" and body["checks"]["jobs"]["jobs"]["flagship-aggregate"]["status"] == "stopped"
+    assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_json_logs_have_one_line_per_request_with_its_id(client, admin, capsys):
+    from flagship.observability import JsonFormatter, configure_logging
+
+    configure_logging("json")
+    try:
+        client.get("/api/v1/flags", headers={**admin, "X-Request-Id": "req-42"})
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        [line] = [entry for entry in lines if entry.get("request_id") == "req-42"]
+        assert line["route"] == "/api/v1/flags" and line["status"] == 200
+        assert line["actor"] == "key:test-admin" and line["duration_ms"] >= 0 and line["pid"] == os.getpid()
+        record = logging.LogRecord("x", logging.ERROR, "f", 1, "boom %s", ("!",), None)
+        assert json.loads(JsonFormatter().format(record))["message"] == "boom !"
+    finally:
+        configure_logging("text")
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_tracing_is_off_without_an_endpoint_and_traces_requests_and_sql_with_one(
+        client, admin, monkeypatch):
+    from flagship.observability import init_tracing
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    assert init_tracing(client.application, None) is False
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.conftest import make_app as fresh
+
+    app = fresh(client.application.extensions["flagship"].db.url)
+    exporter = InMemorySpanExporter()
+    try:
+        assert init_tracing(app, app.extensions["flagship"], exporter=exporter) is True
+        app.test_client().get("/api/v1/flags", headers=admin)
+        names = [span.name for span in exporter.get_finished_spans()]
+        assert any("/api/v1/flags" in name for name in names), names
+        assert any(name.split()[0] in ("SELECT", "connect") for name in names), names
+    finally:
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().uninstrument()
+        app.extensions["flagship"].db.dispose()
+
+
+# -- a real server ----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(port: int, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None, raw: Any = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        conn.request(method, path, body=data, headers=headers or {},
+                     encode_chunked=raw is not None and not isinstance(raw, bytes))
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.xdist_group("serve")
+def test_serve_with_two_workers_adds_metrics_up_and_logs_json(tmp_path: Path):
+    port, key = _free_port(), "fsk_admin_observability_test_key"
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}",
+           "FLAGSHIP_PORT": str(port), "FLAGSHIP_WORKERS": "2", "FLAGSHIP_THREADS": "4",
+           "FLAGSHIP_ADMIN_KEY": key, "FLAGSHIP_LOG_FORMAT": "json", "FLAGSHIP_PLUGINS": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "flagship.cli", "serve"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _request(port, "GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert _request(port, "POST", "/api/v1/flags", boolean_flag("f"), headers)[0] == 201
+        sent = 120
+
+        def client(offset: int) -> None:
+            for i in range(sent // 6):
+                assert _request(port, "POST", "/api/v1/evaluate",
+                                {"context": {"key": f"u{offset}-{i}"}}, headers)[0] == 200
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+
+        def chunks() -> Any:
+            for _ in range(2048):
+                yield b" " * 1024
+        assert _request(port, "POST", "/api/v1/flags", headers=headers, raw=chunks())[0] == 413
+
+        scrapes = [_request(port, "GET", "/metrics", headers=headers)[1].decode() for _ in range(4)]
+        for text in scrapes:  # whichever worker answers, the sum over both
+            assert _sample(text, "flagship_http_requests_total", route="/api/v1/evaluate",
+                           method="POST", status="200") == sent
+            assert _sample(text, "flagship_evaluations_total", flag="f", reason="DEFAULT") == sent
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
+             if line.startswith("{")]
+    pids = {line["pid"] for line in lines if line.get("route") == "/api/v1/evaluate"}
+    assert len(pids) == 2, "both workers served evaluations"
+    assert sum(1 for line in lines if line.get("route") == "/api/v1/evaluate") == sent
