@@ -28,10 +28,12 @@ def _init_http(app: Flask) -> None:
     from flagship.api import init_api
     from flagship.experiments.api import BLUEPRINTS as experiment_blueprints
     from flagship.flags import api as flags_api
+    from flagship.rollout.api import BLUEPRINTS as rollout_blueprints
     from flagship.serving import api as serving_api
 
     api = init_api(app)
-    for blueprint in (flags_api.blp, *experiment_blueprints, serving_api.blp, admin_api.blp):
+    for blueprint in (flags_api.blp, *experiment_blueprints, *rollout_blueprints, serving_api.blp,
+                      admin_api.blp):
         api.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
     app.add_url_rule("/", "index", lambda: redirect("/api/docs"))

@@ -93,6 +93,7 @@ CORE = ("flagship.errors", "flagship.diff", "flagship.flags.model", "flagship.fl
         "flagship.rollout.alerts")
 HTTP = ("flagship.api", "flagship.admin_api", "flagship.flags.api", "flagship.flags.schemas",
         "flagship.experiments.api", "flagship.experiments.schemas", "flagship.serving.api",
+        "flagship.rollout.api",
         "flagship.ui", "flask", "flask_smorest", "werkzeug", "webargs")
 FRONT_DOORS = ("flagship.app", "flagship.cli", "flagship.server", "flagship.jobs", "flagship.ui")
 

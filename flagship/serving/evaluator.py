@@ -38,7 +38,7 @@ class Evaluator:
         now = self.clock()
         unit = _unit(context)
         sticky: dict[str, str] = {}
-        if unit is not None and snapshot.experiments:
+        if unit is not None and (snapshot.experiments or snapshot.subjects):
             sticky = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
         return EvalState(now=now.timestamp(), sticky=sticky), unit
 
@@ -52,7 +52,9 @@ class Evaluator:
         results = {key: snapshot.evaluate(key, context, state) for key in keys}
         created = []
         for key, result in results.items():
-            if unit is None or result.experiment is None or result.reason != SPLIT:
+            if unit is None or result.experiment is None:
+                continue
+            if result.arm is None and result.reason != SPLIT:
                 continue  # allowlisted (forced) units are not randomised: no exposure
             if result.experiment in state.sticky:
                 continue
@@ -62,6 +64,10 @@ class Evaluator:
         return Outcome(compiled.revision, results, dict(state.sticky), tuple(created))
 
     def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
+        if result.arm is not None:  # a guarded rollout: the arm is recorded, nothing is sticky
+            _, new = self.assignments.assign(Assignment(
+                result.experiment, unit, result.arm, "", self.clock()))
+            return result, new
         spec = snapshot.experiments[result.experiment]
         kept, new = self.assignments.assign(Assignment(
             result.experiment, unit, result.variant, spec.layer, self.clock(), spec.epoch))
