@@ -28,13 +28,14 @@ def _init_http(app: Flask) -> None:
     from flagship.api import init_api
     from flagship.experiments.api import BLUEPRINTS as experiment_blueprints
     from flagship.flags import api as flags_api
+    from flagship.rollout.api import BLUEPRINTS as rollout_blueprints
     from flagship.serving import api as serving_api, ofrep, stream
     from flagship.ui import init_ui
 
     observability.init_app(app)  # first: request ids and metrics also for refused requests
     api = init_api(app)
-    for blueprint in (flags_api.blp, *experiment_blueprints, serving_api.blp, stream.blp, ofrep.blp,
-                      admin_api.blp, config_api.blp):
+    for blueprint in (flags_api.blp, *experiment_blueprints, *rollout_blueprints, serving_api.blp,
+                      stream.blp, ofrep.blp, admin_api.blp, config_api.blp):
         api.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
     init_ui(app)  # the HTMX UI at /ui/; `/` leads browsers there (API clients to /api/docs)

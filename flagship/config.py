@@ -45,6 +45,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EVENT_LATE_SECONDS", 3600, "Events arriving this long after they happened count as late.", int),
     Setting("DEFAULT_ENVIRONMENT", "production",
             "The environment of calls that name none (the flat /flags endpoints, admin keys)."),
+    Setting("JOBS", "auto", "Where periodic jobs (rollout evaluation, alerts, schedules, notifications) run: "
+            "auto (rq when FLAGSHIP_REDIS_URL is set, else thread), rq (`flagship worker`), thread "
+            "(inside `flagship serve`), off (system cron runs `flagship rollouts tick`)."),
+    Setting("ROLLOUT_INTERVAL", 300, "Seconds between periodic rounds (rollout evaluation slots).", int),
     Setting("AGGREGATE_INTERVAL", 2, "Seconds between in-process aggregation rounds in `serve` (0: off).", int),
     Setting("STREAM_LIMIT", 4, "Most open event streams per server process (each holds a thread); "
             "more get 503 with Retry-After (0: streams off).", int),
@@ -101,6 +105,12 @@ def load_config(overrides: Mapping[str, Any] | None = None,
     _check_redis_url(config["REDIS_URL"])
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ConfigError(f"FLAGSHIP_LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
+    if config["JOBS"] not in ("auto", "rq", "thread", "off"):
+        raise ConfigError(f"FLAGSHIP_JOBS must be auto, rq, thread or off, got {config['JOBS']!r}")
+    if config["JOBS"] == "rq" and not config["REDIS_URL"]:
+        raise ConfigError("FLAGSHIP_JOBS=rq needs FLAGSHIP_REDIS_URL")
+    if config["ROLLOUT_INTERVAL"] < 1:
+        raise ConfigError("FLAGSHIP_ROLLOUT_INTERVAL must be at least 1 second")
     if config["PORT"] > 65535:
         raise ConfigError(f"FLAGSHIP_PORT must be at most 65535, got {config['PORT']}")
     if not config["SECRET_KEY"]:

@@ -96,28 +96,39 @@ def register_guardrails() -> Iterable["Guardrail"]:
 
 
 @hookspec
-def notify(event: dict[str, Any]) -> None:
-    """Deliver a rollout or alert event to people or systems (chat, pager, webhook).
+def notify(event: dict[str, Any], runtime: Any) -> None:
+    """Deliver an event to people or systems (chat, pager, webhook): rollout transitions,
+    alerts, failed scheduled changes and every audited change.
 
     Args:
-        event: ``{"id": str, "type": str, "at": ISO-8601 str, "payload": dict}``. ``id``
-            is the idempotency key (the outbox row / transition id): the same event may be
-            delivered more than once and receivers should drop repeats. ``type`` is one of
-            ``rollout.started, step.advanced, rollout.holding, rollout.resumed,
-            approval.required, rollout.rolled_back, rollout.completed, rollout.paused,
-            rollout.aborted, check.failed, check.error, check.no_data, alert.opened,
-            alert.resolved``. ``payload`` carries the rollout (id, flag, rule, attempt,
-            step, percent before and after), the actor, the reasons (``{code, text,
-            check_id}``) and the check results that decided it (evidence included).
+        event: ``{"id": str, "type": str, "at": ISO-8601 str, "actor": str,
+            "environment": str | None, ...}`` plus the fields of its type. ``id`` is the
+            idempotency key (the outbox event id): the same event may be delivered more than
+            once and receivers should drop repeats. ``type`` is an audit action for changes
+            (``flag.update``, ``experiment.start``...; the event carries ``audit``, the audit
+            record with ``before`` and ``after``), a rollout event (``rollout.started,
+            step.advanced, rollout.holding, rollout.resumed, approval.required,
+            rollout.rolled_back, rollout.completed, rollout.paused, rollout.aborted,
+            check.failed, check.error, check.no_data``; with the rollout, the transition and
+            the check evidence), ``alert.opened`` / ``alert.resolved`` (with ``alert``: rule,
+            subject, kind, severity, evidence) or ``schedule.failed`` (with ``schedule``).
+        runtime: the :class:`flagship.runtime.Runtime` of the delivering process (its
+            database, clock and configuration), or None when called outside one. Declare
+            only ``event`` if the notifier needs nothing else (pluggy passes the arguments
+            an implementation names).
 
     Returns:
-        Nothing. Filter by ``type`` or by check ``severity`` inside the implementation.
+        Nothing. Filter by ``type``, ``environment`` or severity inside the implementation;
+        raise to have the event offered to this notifier again later.
 
-    Fires: after the transaction that recorded the transition has committed, from the
-    outbox, in the worker (or the in-process ticker) that delivers it. Unlike other hooks,
-    the caller does not use ``pm.hook.notify(...)``: pluggy would abort the whole call at
-    the first raising implementation. It calls every implementation one by one
+    Fires: after the transaction that produced the event has committed, from the outbox,
+    in whichever process runs the delivery job (``flagship.rollout.notifications.dispatch``:
+    the RQ worker or the in-process ticker). Unlike other hooks, the caller does not use
+    ``pm.hook.notify(...)``: pluggy would abort the whole call at the first raising
+    implementation. It calls every implementation one by one
     (``flagship.plugins.call_notifiers``), isolated: an exception is recorded for that
-    notifier, never blocks the others or the transition, and the event is offered to the
-    failed notifier again on a later tick (at-least-once).
+    notifier, never blocks the others or the transition, and the event is offered again,
+    to the failed notifiers only, after an exponential backoff (10 s doubling, at most 1 h;
+    at-least-once). The built-in notifiers are ``log`` and ``webhooks``
+    (``flagship.plugins.default_notifiers``).
     """

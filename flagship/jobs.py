@@ -1,20 +1,27 @@
-"""Periodic work: aggregation and WAL checkpoints, started by `flagship serve` (and later
-`flagship worker`), never by `create_app` or `make_runtime`.
-
-On the embedded default the jobs run on daemon threads inside each server process; a
-failing run is logged and the next one happens on schedule.
+"""Periodic work, started by `flagship serve` or `flagship worker`, never by `create_app`
+or `make_runtime`: aggregation and WAL checkpoints in every serving process, and the
+periodic round (rollout evaluation, ended experiments, scheduled changes, alerts,
+notifications) either on RQ workers or, on the embedded default, on a ticker thread of
+`flagship serve` guarded by a lease row. A failing run is logged and the next one
+happens on schedule.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from typing import Callable
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Callable
 
+import sqlalchemy as sa
+
+from flagship.db import insert_new
 from flagship.runtime import Runtime
 
 log = logging.getLogger(__name__)
-SCHEDULE_INTERVAL = 10.0  # seconds between checks for experiments past their end_at
 
 
 class Periodic:
@@ -97,7 +104,7 @@ def complete_ended(runtime: Runtime) -> list[str]:
 
 def server_jobs(runtime: Runtime) -> list[Periodic]:
     """The periodic jobs a serving process runs in-process on the embedded default."""
-    jobs = [Periodic("flagship-schedule", SCHEDULE_INTERVAL, lambda: complete_ended(runtime))]
+    jobs = [round_ticker(runtime)] if jobs_mode(runtime) == "thread" else []
     if runtime.config["AGGREGATE_INTERVAL"] > 0:
         # keeps per-unit aggregates fresh between monitor/results calls (which also catch up)
         jobs.append(Periodic("flagship-aggregate", runtime.config["AGGREGATE_INTERVAL"],
@@ -112,3 +119,145 @@ def start(jobs: list[Periodic]) -> list[Periodic]:
     for job in jobs:
         job.start()
     return jobs
+
+
+# -- the periodic round: rollouts, scheduled changes, alerts, notifications --------------------
+
+ROUND_LEASE = "periodic-round"
+
+
+def jobs_mode(runtime: Runtime) -> str:
+    """rq, thread or off: where the periodic round runs (FLAGSHIP_JOBS, auto by Redis)."""
+    mode = runtime.config["JOBS"]
+    if mode == "auto":
+        return "rq" if runtime.config["REDIS_URL"] else "thread"
+    return mode
+
+
+def slot_of(runtime: Runtime, now: datetime | None = None) -> int:
+    """The evaluation slot of `now`: floor(epoch / FLAGSHIP_ROLLOUT_INTERVAL)."""
+    now = now or runtime.clock()
+    return int(now.timestamp() // runtime.config["ROLLOUT_INTERVAL"])
+
+
+def periodic_round(runtime: Runtime, slot: int | None = None) -> dict[str, Any]:
+    """One round, the same in every mode: fold in pending data, evaluate every active rollout
+    for the slot, complete ended experiments, apply due scheduled changes, evaluate alert
+    rules, deliver notifications. Each part failing is logged; the others still run."""
+    from flagship.rollout.evaluation import evaluate_all
+
+    slot = slot_of(runtime) if slot is None else slot
+    report: dict[str, Any] = {"slot": slot}
+    parts: list[tuple[str, Callable[[], Any]]] = [
+        ("aggregated", lambda: aggregate(runtime)),
+        ("rollouts", lambda: evaluate_all(runtime, slot)),
+        ("experiments_completed", lambda: complete_ended(runtime)),
+        *_scheduled_parts(runtime),
+    ]
+    for name, part in parts:
+        try:
+            report[name] = part()
+        except Exception:  # noqa: BLE001 - one part must never stop the round
+            log.exception("periodic round %s: %s failed", slot, name)
+            report[name] = "error"
+    return report
+
+
+def _scheduled_parts(runtime: Runtime) -> list[tuple[str, Callable[[], Any]]]:
+    """Scheduled flag changes, alerts and notification delivery."""
+    from flagship.flags.schedule import apply_due
+    from flagship.rollout.alerting import evaluate_alerts
+    from flagship.rollout.notifications import dispatch
+
+    now = runtime.clock
+    return [("scheduled_changes", lambda: apply_due(runtime, now())),
+            ("alerts", lambda: evaluate_alerts(runtime, now())),
+            ("notifications", lambda: dispatch(runtime, now()))]
+
+
+def take_lease(runtime: Runtime, name: str, holder: str, seconds: float) -> bool:
+    """Hold the job lease `name` for `seconds` unless another live holder has it (embedded
+    mode: several `flagship serve` processes, one runs the round)."""
+    from flagship.rollout.store import JobLeaseRecord
+
+    now = runtime.clock()
+    table = JobLeaseRecord.__table__
+    with runtime.db.write_connection() as conn:
+        taken = conn.execute(sa.update(table).where(
+            table.c.name == name, sa.or_(table.c.expires_at < now, table.c.holder == holder))
+            .values(holder=holder, expires_at=now + timedelta(seconds=seconds))).rowcount
+        if taken:
+            return True
+        return bool(insert_new(conn, table, [{"name": name, "holder": holder,
+                                              "expires_at": now + timedelta(seconds=seconds)}], ("name",)))
+
+
+def round_ticker(runtime: Runtime) -> Periodic:
+    """The embedded ticker: every interval / 4 it takes the lease and runs the current slot
+    (a slot already evaluated is skipped, so ticking often never double-acts)."""
+    interval = float(runtime.config["ROLLOUT_INTERVAL"])
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def tick() -> None:
+        if take_lease(runtime, ROUND_LEASE, holder, 2 * interval):
+            periodic_round(runtime)
+    return Periodic("flagship-rounds", max(interval / 4, 0.25), tick)
+
+
+# -- RQ (FLAGSHIP_REDIS_URL set): `flagship worker` --------------------------------------------
+
+QUEUE = "flagship"
+_worker_runtime: Runtime | None = None
+
+
+def rq_round(slot: int) -> dict[str, Any]:
+    """The RQ job: one periodic round for `slot` (jobs are stored by import path: keep it)."""
+    global _worker_runtime
+    if _worker_runtime is None:
+        from flagship.runtime import make_runtime
+
+        _worker_runtime = make_runtime()
+    return periodic_round(_worker_runtime, slot)
+
+
+def enqueue_round(queue: Any, slot: int, interval: float) -> bool:
+    """Enqueue the round of `slot` once: a unique job id per slot, so several tickers (one
+    per worker) produce one job; False when it was already queued (the normal case)."""
+    from rq.exceptions import DuplicateJobError
+
+    try:
+        queue.enqueue("flagship.jobs.rq_round", slot, job_id=f"rollout-eval-{slot}", unique=True,
+                      job_timeout=int(min(2 * interval, 300) + 30), result_ttl=int(10 * interval),
+                      failure_ttl=7 * 86400, description="flagship periodic round")
+    except DuplicateJobError:
+        return False
+    return True
+
+
+def rq_ticker(runtime: Runtime, queue: Any) -> Periodic:
+    """A ticker thread in the worker's parent process: enqueues each slot's round."""
+    interval = float(runtime.config["ROLLOUT_INTERVAL"])
+    return Periodic("flagship-rq-ticker", max(interval / 4, 0.25),
+                    lambda: enqueue_round(queue, slot_of(runtime), interval))
+
+
+def run_worker(runtime: Runtime, burst: bool = False, simple: bool = False) -> None:
+    """`flagship worker`: an RQ worker (with the scheduler, for delayed retries) on the
+    `flagship` queue plus the ticker; work-horses drop the inherited database pool."""
+    import redis
+    from rq import Queue, SimpleWorker, Worker
+
+    global _worker_runtime
+    _worker_runtime = runtime
+    connection = redis.Redis.from_url(runtime.config["REDIS_URL"])
+    queue = Queue(QUEUE, connection=connection)
+    # a forked work-horse must not share the parent's database connections
+    os.register_at_fork(after_in_child=lambda: runtime.db.engine.dispose(close=False))
+    ticker = rq_ticker(runtime, queue)
+    if not burst:
+        ticker.start()
+    worker_class = SimpleWorker if simple else Worker
+    try:
+        worker_class([queue], connection=connection).work(burst=burst, with_scheduler=True)
+    finally:
+        ticker.stop()

@@ -9,6 +9,7 @@ through `flagship.jobs`.
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from sqlalchemy.orm import Session
 
 from flagship.db import Database, utcnow
-from flagship.store import AuditRecord, audit_to_dict
+from flagship.store import AuditRecord, OutboxRecord, audit_to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     import pluggy
@@ -43,6 +44,16 @@ class Tx:
     now: datetime
     events: list[AuditRecord] = field(default_factory=list)
 
+    def emit(self, type: str, payload: dict[str, Any], environment: str | None = None) -> str:
+        """Queue a notification in this transaction (delivered after commit, at least once);
+        return its event id (the receivers' idempotency key)."""
+        event_id = uuid.uuid4().hex
+        self.session.add(OutboxRecord(event_id=event_id, type=type, at=self.now, environment=environment,
+                                      payload={"id": event_id, "type": type, "at": self.now.isoformat(),
+                                               "actor": self.actor, "environment": environment,
+                                               **payload}))
+        return event_id
+
     def audit(self, action: str, target_type: str, target_key: str,
               before: Any = None, after: Any = None, environment: str | None = None) -> AuditRecord:
         """Record a mutation in the audit log, inside this transaction."""
@@ -66,6 +77,7 @@ class Runtime:
     assignments: AssignmentStore
     evaluator: Evaluator
     keys: KeyCache
+    guardrails: Mapping[str, Any]
     clock: Callable[[], datetime] = utcnow
 
     @contextmanager
@@ -82,6 +94,8 @@ class Runtime:
             yield tx
             session.flush()
             events = [audit_to_dict(record) for record in tx.events]
+            for event in events:  # every change is a notification too (webhooks on flag.update...)
+                tx.emit(event["action"], {"audit": event}, environment=event.get("environment"))
         for event in events:
             self._notify(event)
 
@@ -116,7 +130,7 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
     from flagship.auth import KeyCache
     from flagship.config import load_config
     from flagship.experiments.store.assignments import make_assignment_store
-    from flagship.plugins import make_plugin_manager, operator_table
+    from flagship.plugins import guardrail_table, make_plugin_manager, operator_table
     from flagship.serving.cache import SnapshotCache
     from flagship.serving.evaluator import Evaluator
 
@@ -129,7 +143,8 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
     assignments = make_assignment_store(db, config["REDIS_URL"])
     runtime = Runtime(config=config, db=db, plugins=plugins, operators=operators,
                       snapshots=snapshots, assignments=assignments,
-                      evaluator=Evaluator(snapshots, assignments, utcnow), keys=KeyCache())
+                      evaluator=Evaluator(snapshots, assignments, utcnow), keys=KeyCache(),
+                      guardrails=guardrail_table(plugins))
     # the evaluator reads runtime.clock at call time, so tests (and jobs) can move the clock
     runtime.evaluator.clock = lambda: runtime.clock()
     return runtime

@@ -42,6 +42,29 @@ class ApiKeyRecord(SQLModel, table=True):
     environment: Optional[str] = Field(default=None, sa_column=Column(sa.String(128), nullable=True))
 
 
+class OutboxRecord(SQLModel, table=True):
+    """A notification waiting for delivery, written in the transaction that caused it.
+
+    Every audit record becomes one (type = its action, e.g. ``flag.update``), and services
+    emit others (``rollout.rolled_back``, ``alert.opened``...). The dispatcher delivers each
+    to the notifiers (`notify` hook) at least once; the event id is the idempotency key.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_pending", "id", sqlite_where=sa.text("delivered_at IS NULL"),
+                               postgresql_where=sa.text("delivered_at IS NULL")),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: str = Field(sa_column=Column(sa.String(64), unique=True, nullable=False))
+    type: str = Field(sa_column=Column(sa.String(64), nullable=False, index=True))
+    at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    environment: Optional[str] = Field(default=None, sa_column=Column(sa.String(128), nullable=True))
+    payload: dict = Field(sa_column=Column(JSON, nullable=False))
+    attempts: int = 0
+    failed: Optional[dict] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    next_attempt_at: Optional[datetime] = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
+    delivered_at: Optional[datetime] = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
+
+
 def audit_to_dict(record: AuditRecord) -> dict[str, Any]:
     """The JSON form of an audit record (also what `track_event` hooks receive)."""
     at = as_utc(record.at)

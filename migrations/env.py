@@ -7,7 +7,10 @@ from sqlmodel import SQLModel
 
 import flagship.db  # noqa: F401  (each import registers its tables on SQLModel.metadata)
 import flagship.experiments.store.tables  # noqa: F401
+import flagship.flags.schedule_store  # noqa: F401
 import flagship.flags.store  # noqa: F401
+import flagship.rollout.notify_store  # noqa: F401
+import flagship.rollout.store  # noqa: F401
 import flagship.store  # noqa: F401
 
 config = context.config

@@ -94,7 +94,7 @@ CORE = ("flagship.errors", "flagship.diff", "flagship.jsonvalue", "flagship.flag
 HTTP = ("flagship.api", "flagship.admin_api", "flagship.flags.api", "flagship.flags.schemas",
         "flagship.experiments.api", "flagship.experiments.schemas", "flagship.serving.api",
         "flagship.serving.ofrep", "flagship.serving.stream", "flagship.openapi",
-        "flagship.observability", "flagship.config_api",
+        "flagship.observability", "flagship.config_api", "flagship.rollout.api",
         "flagship.ui", "flask", "flask_smorest", "werkzeug", "webargs")
 FRONT_DOORS = ("flagship.app", "flagship.cli", "flagship.server", "flagship.jobs", "flagship.ui")
 

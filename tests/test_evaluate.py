@@ -243,7 +243,7 @@ def test_evaluate_all_and_to_dict() -> None:
     assert {k: r.reason for k, r in results.items()} == {"f": "DEFAULT", "g": "DISABLED"}
     assert results["f"].to_dict() == {
         "flag_key": "f", "value": False, "variant": "off", "reason": "DEFAULT",
-        "rule_id": None, "error_code": None, "error_message": None, "experiment": None}
+        "rule_id": None, "error_code": None, "error_message": None, "experiment": None, "arm": None}
 
 
 def test_evaluations_are_immutable() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -20,6 +21,7 @@ def _spec_operations(client) -> list[tuple[str, str, dict]]:
 
 
 def _concrete(path: str) -> str:
+    path = re.sub(r"\{\w+_id\}", "1", path).replace("{action}", "start")
     return path.replace("{version}", "1").replace("{key}", "f").replace("{env}", "production") \
         .replace("{name}", "n").replace("{unit}", "u").replace("{metric}", "m")
 

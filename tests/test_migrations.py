@@ -8,7 +8,10 @@ from sqlmodel import SQLModel
 
 import flagship.db  # noqa: F401  (the imports register every table on SQLModel.metadata)
 import flagship.experiments.store.tables  # noqa: F401
+import flagship.flags.schedule_store  # noqa: F401
 import flagship.flags.store  # noqa: F401
+import flagship.rollout.notify_store  # noqa: F401
+import flagship.rollout.store  # noqa: F401
 import flagship.store  # noqa: F401
 
 

@@ -175,12 +175,15 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 def _register_more_commands() -> None:
     from flagship.cli.configfile import config
     from flagship.cli.data import events, experiments
+    from flagship.cli.rollouts import rollouts, worker
     from flagship.cli.stats import aa_test
 
     main.add_command(events)
     main.add_command(experiments)
     main.add_command(aa_test)
     main.add_command(config)
+    main.add_command(worker)
+    main.add_command(rollouts)
 
 
 _register_more_commands()

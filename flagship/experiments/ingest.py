@@ -32,8 +32,15 @@ def bounds_from(config: dict[str, Any]) -> Bounds:
                   late_after=timedelta(seconds=config["EVENT_LATE_SECONDS"]))
 
 
+ARMS = ("treatment", "control")
+
+
 def _check_exposure(event: EventIn, experiments: Any) -> dict[str, list[str]] | None:
     spec = experiments.get(event.experiment)
+    if spec is None and event.experiment in getattr(experiments, "subjects", ()):
+        if event.variant not in ARMS:  # a guarded rollout's arm
+            return {"variant": [f"a rollout's exposure is to its 'treatment' or 'control' arm"]}
+        return None
     if spec is None:
         return {"experiment": [f"unknown experiment {event.experiment!r}"]}
     if event.variant not in {v.variant for v in spec.variants}:
@@ -63,11 +70,20 @@ def validate(items: Iterable[Any], now: datetime, bounds: Bounds,
     return valid, rejected, repeats
 
 
+class _Targets(dict):
+    """Experiment specs by key, plus the guarded rollouts' subjects (both take exposures)."""
+
+    subjects: Any = ()
+
+
 def _experiments(runtime: Runtime, items: list[Any], environment: str) -> Any:
-    """Experiment specs, read only when the request carries exposures (they are checked)."""
+    """What exposures may name, read only when the request carries exposures (they are checked)."""
     if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
-        return {}
-    return runtime.snapshots.get(environment).snapshot.experiments
+        return _Targets()
+    snapshot = runtime.snapshots.get(environment).snapshot
+    targets = _Targets(snapshot.experiments)
+    targets.subjects = snapshot.subjects
+    return targets
 
 
 def _unit_of(item: Any) -> str | None:
@@ -76,6 +92,13 @@ def _unit_of(item: Any) -> str | None:
     if isinstance(unit, (int, float)) and not isinstance(unit, bool):
         unit = str(unit)
     return unit if isinstance(unit, str) and 0 < len(unit) <= 256 and "\x00" not in unit else None
+
+
+def _exposure(event: EventIn, experiments: Any) -> dict[str, Any]:
+    spec = experiments.get(event.experiment)
+    return {"experiment_key": event.experiment, "unit": event.unit, "variant": event.variant,
+            "layer_key": spec.layer if spec is not None else "", "assigned_at": event.timestamp,
+            "epoch": spec.epoch if spec is not None else 1}
 
 
 def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
@@ -95,10 +118,7 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
                "timestamp": e.timestamp, "properties": e.properties, "received_at": now,
                "environment": environment}
               for e in valid],
-        exposures={e.event_id: {"experiment_key": e.experiment, "unit": e.unit, "variant": e.variant,
-                                "layer_key": experiments[e.experiment].layer, "assigned_at": e.timestamp,
-                                "epoch": experiments[e.experiment].epoch}
-                   for e in valid if e.event == EXPOSURE},
+        exposures={e.event_id: _exposure(e, experiments) for e in valid if e.event == EXPOSURE},
         counts={"duplicate": repeats, "rejected": len(rejected)},
         late={e.event_id for e in valid if e.is_late(now, bounds)},
         issues=issues + [(unit, "duplicate") for unit in repeated_units], now=now)

@@ -22,7 +22,7 @@ Condition semantics:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from flagship.errors import ValidationError
@@ -39,7 +39,7 @@ UNIT_ATTRIBUTES = frozenset({"key", "targetingKey"})
 
 Context = Mapping[str, Any]
 ConditionFn = Callable[[Context, "str | None"], Any]
-RuleFn = Callable[[Context, "str | None", "EvalState | None"], "Evaluation | None"]
+RuleFn = Callable[[Context, "str | None", "EvalState | None"], "Evaluation | ControlMark | None"]
 FlagFn = Callable[..., "Evaluation"]
 
 
@@ -59,13 +59,31 @@ class Evaluation:
     error_code: str | None = None
     error_message: str | None = None
     experiment: str | None = None
+    arm: str | None = None  # "treatment" | "control" of a guarded rollout (experiment = its subject)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form (every field, nulls included)."""
         return {"flag_key": self.flag_key, "value": self.value, "variant": self.variant,
                 "reason": self.reason, "rule_id": self.rule_id,
                 "error_code": self.error_code, "error_message": self.error_message,
-                "experiment": self.experiment}
+                "experiment": self.experiment, "arm": self.arm}
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMark:
+    """What a guarded rollout rule returns for a unit of its mirrored control arm: the
+    evaluation goes on to the next rules, and their result is recorded as the control."""
+
+    subject: str
+    rule_id: str
+
+
+def in_control(result: Evaluation, mark: ControlMark) -> Evaluation:
+    """`result` (served by a later rule or the default) marked as the control arm of `mark`.
+    A unit a later experiment randomises belongs to that experiment instead."""
+    if result.experiment is not None or result.reason == ERROR:
+        return result
+    return replace(result, experiment=mark.subject, arm="control")
 
 
 @dataclass(frozen=True)
@@ -88,10 +106,10 @@ class RuleEnv:
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def result(self, variant: str, reason: str, rule_id: str | None,
-               experiment: str | None = None) -> Evaluation:
+               experiment: str | None = None, arm: str | None = None) -> Evaluation:
         """Return the prebuilt Evaluation serving `variant` of this flag."""
         return Evaluation(self.flag.key, self.flag.variants[variant], variant, reason, rule_id,
-                          experiment=experiment)
+                          experiment=experiment, arm=arm)
 
 
 RuleCompiler = Callable[[Rule, RuleEnv], RuleFn]
@@ -229,11 +247,15 @@ def compile_flag(flag: Flag, operators: Mapping[str, Operator],
                 return hit
             if unit in block:
                 return default
+        mark = None
         for rule in rules:
             result = rule(context, unit, state)
             if result is not None:
-                return result
-        return default
+                if result.__class__ is ControlMark:
+                    mark = mark or result  # the first guarded rollout a unit reaches owns it
+                    continue
+                return result if mark is None else in_control(result, mark)
+        return default if mark is None else in_control(default, mark)
 
     return evaluate
 

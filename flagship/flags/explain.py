@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from flagship.flags.bucketing import bucket, threshold
+from flagship.flags.bucketing import BUCKETS
 from flagship.flags.evaluate import (
-    DEFAULT, DISABLED, ERROR, GENERAL, SPLIT, TARGETING_MATCH, UNIT_ATTRIBUTES,
+    DEFAULT, DISABLED, ERROR, GENERAL, SPLIT, TARGETING_MATCH, UNIT_ATTRIBUTES, ControlMark, in_control,
     ConditionFn, EvalState, Evaluation, RuleEnv, compile_condition, invalid_context, unit_key)
 from flagship.flags.evaluate import rule_kinds
 from flagship.flags.traffic import ACTIVE, in_window, pick_variant, variant_cutoffs
@@ -114,15 +115,19 @@ def _walk(flag: Flag, context: Any, state: EvalState | None, tables: tuple[Any, 
     if listed is not None:
         return listed
     env = _Env(flag, context, unit, state, *tables)
+    mark: ControlMark | None = None
     for index, rule in enumerate(flag.rules):
         step: Step = {"step": "rule", "rule_id": rule.id, "kind": rule.kind, "index": index}
         steps.append(step)  # before explaining: an error step then follows the rule it hit
         outcome = _EXPLAINERS.get(rule.kind, _compiled_only)(rule, env, step)
+        if isinstance(outcome, ControlMark):
+            mark = mark or outcome
+            continue
         if outcome is not None:
-            return outcome
+            return outcome if mark is None else in_control(outcome, mark)
     steps.append({"step": "default", "variant": flag.default_variant,
                   "why": f"no rule matched: serving the default {flag.default_variant!r}"})
-    return default
+    return default if mark is None else in_control(default, mark)
 
 
 def _unit(context: Any, steps: list[Step]) -> tuple[str | None, str | None]:
@@ -265,15 +270,22 @@ def _release(rule: Rule, env: _Env, step: Step) -> Evaluation | None:
     return _ramp(rule, env, step, f"{rule.params.get('salt') or env.flag.salt + ':release'}")
 
 
-def _ramp(rule: Rule, env: _Env, step: Step, salt: str) -> Evaluation | None:
-    """A rollout or release rule: no unit -> skip; conditions; bucket < threshold."""
+def _ramp(rule: Rule, env: _Env, step: Step, salt: str) -> Evaluation | ControlMark | None:
+    """A rollout or release rule: no unit -> skip; conditions; bucket < threshold; for a
+    guarded rule, the mirrored control arm from bucket 10000 - threshold."""
     unit, cutoff = env.unit, threshold(rule.percentage or 0)
     docs, matched = _conditions(rule.conditions, env, reached=unit is not None)
     number = bucket(salt, unit) if unit is not None else None
     inside = number is not None and number < cutoff
     hit = unit is not None and matched and inside
+    subject = rule.params.get("subject")
+    tracked = bool(subject) and bool(rule.params.get("control")) and cutoff <= BUCKETS // 2
+    control = unit is not None and matched and not inside and tracked and number >= BUCKETS - cutoff
     step.update(conditions=docs, conditions_matched=matched, salt=salt, bucket=number,
                 threshold=cutoff, in_rollout=inside, matched=hit, variant=rule.variant)
+    if subject:
+        step.update(rollout_subject=subject, arm="treatment" if hit else "control" if control else None,
+                    control_from=BUCKETS - cutoff if tracked else None)
     share = f"{rule.percentage or 0:g}%"
     if unit is None:
         step["why"] = "no unit key: nothing stable to hash, the rule is skipped"
@@ -281,9 +293,15 @@ def _ramp(rule: Rule, env: _Env, step: Step, salt: str) -> Evaluation | None:
         step["why"] = _failed_why(docs)
     elif inside:
         step["why"] = f"bucket {number} < threshold {cutoff} ({share}): serving {rule.variant!r}"
+    elif control:
+        step["why"] = (f"bucket {number} >= {BUCKETS - cutoff}: in the rollout's mirrored control "
+                       "arm (recorded as control, served what the next rules give)")
     else:
         step["why"] = f"bucket {number} >= threshold {cutoff} ({share}): not in the rollout"
-    return _serve(env.flag, rule.variant or "", SPLIT, rule.id) if hit else None
+    if hit:
+        served = _serve(env.flag, rule.variant or "", SPLIT, rule.id)
+        return replace(served, experiment=subject, arm="treatment") if subject else served
+    return ControlMark(subject, rule.id) if control else None
 
 
 def _compiled_only(rule: Rule, env: _Env, step: Step) -> Evaluation | None:

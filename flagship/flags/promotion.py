@@ -25,7 +25,8 @@ from flagship.runtime import Runtime, Tx
 
 
 def _is_managed(rule: dict[str, Any]) -> bool:
-    return rule.get("kind") in MANAGED_KINDS
+    """Experiment rules and rules under a rollout belong to their environment."""
+    return rule.get("kind") in MANAGED_KINDS or (rule.get("params") or {}).get("rollout") is not None
 
 
 def promoted_document(source: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:

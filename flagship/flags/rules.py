@@ -8,7 +8,7 @@ not to `flagship.experiments`: every SDK must evaluate them (seed 004).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import mmh3
@@ -16,8 +16,8 @@ import mmh3
 from flagship.errors import ValidationError
 from flagship.flags import model
 from flagship.flags.bucketing import BUCKETS, check_percentage, threshold
-from flagship.flags.evaluate import (SPLIT, TARGETING_MATCH, Context, EvalState, Evaluation,
-                                     RuleCompiler, RuleEnv, RuleFn)
+from flagship.flags.evaluate import (SPLIT, TARGETING_MATCH, Context, ControlMark, EvalState,
+                                     Evaluation, RuleCompiler, RuleEnv, RuleFn)
 from flagship.flags.model import Rule
 from flagship.flags.traffic import ACTIVE, CompiledExperiment, in_window, pick_variant, variant_cutoffs
 
@@ -45,14 +45,49 @@ def _force_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str
     return model._variant_ref(model._get(doc, "variant", path), variants, model._at(path, "variant")), None, {}
 
 
+GUARD_PARAMS = ("rollout", "subject", "control")
+
+
+def _guard(params: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The params a rollout may set on the rule it ramps: its id, the analysis subject the
+    arms are recorded under, and whether the mirrored control arm is tracked."""
+    if not params:
+        return {}
+    if not isinstance(params, Mapping):
+        model._fail(model._at(path, "params"), "must be an object")
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        model._fail(model._at(path, f"params.{unknown[0]}"), f"unknown param {unknown[0]!r}")
+    if "subject" in params and not isinstance(params["subject"], str):
+        model._fail(model._at(path, "params.subject"), "must be a string")
+    if "control" in params and not isinstance(params["control"], bool):
+        model._fail(model._at(path, "params.control"), "must be true or false")
+    return dict(params)
+
+
 def _rollout_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> model.KindFields:
-    _no_params(doc, path, "rollout")
+    params = _guard(doc.get("params"), path, GUARD_PARAMS)
     variant = model._variant_ref(model._get(doc, "variant", path), variants, model._at(path, "variant"))
     try:
         percentage = check_percentage(model._get(doc, "percentage", path))
     except ValueError as err:
         model._fail(model._at(path, "percentage"), str(err))
-    return variant, percentage, {}
+    return variant, percentage, params
+
+
+def _arms(rule: Rule, env: RuleEnv, hit: Evaluation) -> tuple[Evaluation, ControlMark | None, int]:
+    """A guarded rule's treatment result, control mark and the control arm's first bucket.
+
+    Treatment = buckets [0, p); the mirrored control = [10000 - p, 10000) of the same hash,
+    tracked only while p <= 50 %: raising p up to half never moves a unit between arms."""
+    subject = rule.params.get("subject")
+    if not subject:
+        return hit, None, BUCKETS
+    treated = replace(hit, experiment=subject, arm="treatment")
+    cutoff = threshold(rule.percentage or 0)
+    if not rule.params.get("control") or cutoff > BUCKETS // 2:
+        return treated, None, BUCKETS
+    return treated, ControlMark(subject, rule.id), BUCKETS - cutoff
 
 
 def _compile_force(rule: Rule, env: RuleEnv) -> RuleFn:
@@ -68,21 +103,30 @@ def _compile_force(rule: Rule, env: RuleEnv) -> RuleFn:
 
 
 def _compile_rollout(rule: Rule, env: RuleEnv) -> RuleFn:
-    conditions, hit = env.conditions, env.result(rule.variant or "", SPLIT, rule.id)
-    prefix, cutoff, hash32 = f"{env.flag.salt}:", threshold(rule.percentage or 0), mmh3.hash
+    conditions = env.conditions
+    hit, mark, control_from = _arms(rule, env, env.result(rule.variant or "", SPLIT, rule.id))
+    return _ramp(f"{env.flag.salt}:", threshold(rule.percentage or 0), conditions, hit, mark, control_from)
 
-    def rollout(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
+
+def _ramp(prefix: str, cutoff: int, conditions: tuple[Any, ...], hit: Evaluation,
+          mark: ControlMark | None, control_from: int) -> RuleFn:
+    hash32 = mmh3.hash
+
+    def ramp(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | ControlMark | None:
         if unit is None:  # nothing stable to hash: rollouts cannot place this context
             return None
         for condition in conditions:
             if not condition(ctx, unit):
                 return None
         # bucketing.bucket() inlined: this is the hottest line of a rollout.
-        if hash32(prefix + unit, 0, False) % BUCKETS < cutoff:
+        number = hash32(prefix + unit, 0, False) % BUCKETS
+        if number < cutoff:
             return hit
+        if number >= control_from:
+            return mark  # the mirrored control arm: served as if the rule were not there
         return None  # conditions matched but the bucket missed: fall through
 
-    return rollout
+    return ramp
 
 
 
@@ -110,6 +154,7 @@ def _experiment_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path
 
 def _release_fields(doc: Mapping[str, Any], variants: Mapping[str, Any], path: str) -> model.KindFields:
     params = _experiment_param(doc, path)
+    _guard({k: v for k, v in params.items() if k not in ("experiment", "salt")}, path, GUARD_PARAMS)
     variant = model._variant_ref(doc.get("variant"), variants, f"{path}.variant")
     try:
         percentage = check_percentage(doc.get("percentage"))
@@ -158,22 +203,12 @@ def _compile_experiment(rule: Rule, env: RuleEnv) -> RuleFn:
 
 
 def _compile_release(rule: Rule, env: RuleEnv) -> RuleFn:
-    conditions = env.conditions
-    # a released winner is served outside the experiment: no `experiment`, no exposure
-    hit = env.result(rule.variant or "", SPLIT, rule.id)
+    # a released winner is served outside the experiment (no `experiment`, no exposure)
+    # unless a rollout guards the ramp: then its arms are recorded under the rollout's subject
+    hit, mark, control_from = _arms(rule, env, env.result(rule.variant or "", SPLIT, rule.id))
     # its own salt: the release ramp is independent of the flag's other rollouts
     prefix = f"{rule.params.get('salt') or env.flag.salt + ':release'}:"
-    cutoff, hash32 = threshold(rule.percentage or 0), mmh3.hash
-
-    def release(ctx: Context, unit: str | None, state: EvalState | None) -> Evaluation | None:
-        if unit is None:
-            return None
-        for condition in conditions:
-            if not condition(ctx, unit):
-                return None
-        return hit if hash32(prefix + unit, 0, False) % BUCKETS < cutoff else None
-
-    return release
+    return _ramp(prefix, threshold(rule.percentage or 0), env.conditions, hit, mark, control_from)
 
 
 

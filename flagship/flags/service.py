@@ -234,19 +234,20 @@ def create_flag(runtime: Runtime, actor: str, doc: dict[str, Any], environment: 
 
 
 def _managed_rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted((r for r in doc.get("rules", []) if r.get("kind") in MANAGED_KINDS),
-                  key=lambda r: r["id"])
+    """Experiment rules, and rules a rollout is ramping (their percentage is the rollout's)."""
+    return sorted((r for r in doc.get("rules", []) if r.get("kind") in MANAGED_KINDS
+                   or (r.get("params") or {}).get("rollout") is not None), key=lambda r: r["id"])
 
 
 def _guard_managed(before: dict[str, Any] | None, after: dict[str, Any]) -> None:
     """Experiment rules change only through /experiments (they may be moved, not edited)."""
     if _managed_rules(before or {}) != _managed_rules(after):
-        index = next((i for i, r in enumerate(after.get("rules", []))
-                      if r.get("kind") in MANAGED_KINDS), None)
+        managed = {r["id"] for r in _managed_rules(before or {}) + _managed_rules(after)}
+        index = next((i for i, r in enumerate(after.get("rules", [])) if r["id"] in managed), None)
         field = f"rules.{index}" if index is not None else "rules"
-        raise ValidationError("experiment rules are managed through /api/v1/experiments; "
-                              "they can be reordered here but not added, edited or removed",
-                              field=field)
+        raise ValidationError("experiment rules and rules under a rollout are managed through "
+                              "/api/v1/experiments and /api/v1/rollouts; they can be reordered here "
+                              "but not added, edited or removed", field=field)
 
 
 def _write(tx: Tx, record: FlagRecord, canonical: dict[str, Any], action: str) -> None:
@@ -332,10 +333,15 @@ def delete_flag(runtime: Runtime, actor: str, key: str, expected: int | None = N
             raise NotFoundError(f"flag {key!r} not found in environment {environment!r}")
         check_version(rows[environment].version, expected, "flag", key)
         managed = sorted({r["params"]["experiment"] for row in rows.values()
-                          for r in _managed_rules(row.document)})
+                          for r in _managed_rules(row.document) if r.get("kind") in MANAGED_KINDS})
         if managed:
             raise ConflictError(f"flag {key!r} is used by experiments: {', '.join(managed)}; "
                                 "delete them first", {"experiments": managed})
+        ramping = sorted({str(r["params"]["rollout"]) for row in rows.values()
+                          for r in _managed_rules(row.document) if r.get("kind") not in MANAGED_KINDS})
+        if ramping:
+            raise ConflictError(f"flag {key!r} is being rolled out (rollouts {', '.join(ramping)}); "
+                                "finish or abort them first", {"rollouts": ramping})
         salts: set[str] = set()
         for env, record in rows.items():
             before = record.document

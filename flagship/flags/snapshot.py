@@ -63,7 +63,7 @@ class Snapshot:
     """An immutable, compiled revision of all flags and segments; `evaluate` never raises."""
 
     __slots__ = ("_revision", "_flags", "_segments", "_layers", "_experiments", "_compiled",
-                 "_fallbacks", "_operators", "_members", "_extras")
+                 "_fallbacks", "_operators", "_members", "_extras", "_subjects")
 
     def __init__(self, revision: int, flags: Iterable[Flag] = (),
                  segments: Iterable[Segment] = (),
@@ -82,6 +82,9 @@ class Snapshot:
                           for key, f in self._flags.items()}
         # what the slow-path explainer needs, shared with the compiled flags
         self._operators, self._members, self._extras = operators, members, extras
+        # guarded rollouts record their arms under a subject: rollout:<id>:<attempt>
+        self._subjects = {rule.params["subject"]: (key, rule.id) for key, f in self._flags.items()
+                          for rule in f.rules if rule.params.get("subject")}
         self._fallbacks = {
             key: Evaluation(key, f.variants[f.default_variant], f.default_variant, ERROR,
                             None, GENERAL, None)
@@ -129,6 +132,11 @@ class Snapshot:
     def layers(self) -> Mapping[str, Layer]:
         """Layers by key (read-only)."""
         return MappingProxyType(self._layers)
+
+    @property
+    def subjects(self) -> Mapping[str, tuple[str, str]]:
+        """Guarded rollouts' analysis subjects -> (flag key, rule id) (read-only)."""
+        return MappingProxyType(self._subjects)
 
     @property
     def experiments(self) -> Mapping[str, ExperimentSpec]:

@@ -14,7 +14,11 @@ from flagship import hookspecs
 from flagship.errors import ConfigError
 
 DEFAULT_PLUGINS: tuple[str, ...] = ("flagship.plugins.default_operators",
-                                   "flagship.plugins.default_guardrails")
+                                   "flagship.plugins.default_guardrails",
+                                   # `module:object`: one plugin per notifier, so each is
+                                   # retried on its own (see call_notifiers)
+                                   "flagship.plugins.default_notifiers:log",
+                                   "flagship.plugins.default_notifiers:webhooks")
 
 
 def make_plugin_manager(extra: Iterable[str] = (), entry_points: bool = True) -> pluggy.PluginManager:
@@ -22,7 +26,9 @@ def make_plugin_manager(extra: Iterable[str] = (), entry_points: bool = True) ->
     pm = pluggy.PluginManager("flagship")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(name), name=name)
+        module, _, attribute = name.partition(":")
+        plugin = importlib.import_module(module)
+        pm.register(getattr(plugin, attribute) if attribute else plugin, name=name)
     if entry_points:
         pm.load_setuptools_entrypoints("flagship")
     for name in extra:
@@ -52,13 +58,15 @@ def guardrail_table(pm: pluggy.PluginManager) -> dict[str, Any]:
 
 
 def call_notifiers(pm: pluggy.PluginManager, event: dict[str, Any],
-                   only: Iterable[str] | None = None) -> dict[str, str]:
+                   only: Iterable[str] | None = None, runtime: Any = None) -> dict[str, str]:
     """Call each `notify` implementation on its own; return {plugin name: error} of those that raised.
 
     pluggy's ``pm.hook.notify(...)`` stops at the first raising implementation, so the
     implementations are called one by one. ``only`` restricts the call to those plugin
-    names (a redelivery to the notifiers that failed last time).
+    names (a redelivery to the notifiers that failed last time); ``runtime`` is passed to
+    implementations that declare it.
     """
+    arguments = {"event": event, "runtime": runtime}
     wanted = None if only is None else set(only)
     failures: dict[str, str] = {}
     for impl in pm.hook.notify.get_hookimpls():
@@ -66,7 +74,7 @@ def call_notifiers(pm: pluggy.PluginManager, event: dict[str, Any],
             continue
         try:
             # pluggy lets an implementation take a subset of the spec's arguments
-            impl.function(*[{"event": event}[name] for name in impl.argnames])
+            impl.function(*[arguments[name] for name in impl.argnames])
         except Exception as exc:  # noqa: BLE001 - one notifier must never block another
             failures[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
     return failures

@@ -149,7 +149,8 @@ class Client:
                 experiment = False
             if experiment:
                 return self._evaluate_experiment(current, flag_key, context)
-            return current.snapshot.evaluate(flag_key, context)
+            result = current.snapshot.evaluate(flag_key, context)
+            return result if result.arm is None else self._record_arm(result, context)
         except Exception as err:  # noqa: BLE001 - an odd key or a failing lookup must not reach callers
             return Evaluation(flag_key if isinstance(flag_key, str) else repr(flag_key), None, None,
                               ERROR, None, GENERAL, f"{type(err).__name__}: {err}")
@@ -171,6 +172,17 @@ class Client:
         if result.experiment is None or result.reason != SPLIT or result.experiment in sticky:
             return result  # allowlisted units are not randomised: no exposure
         return self._record(current, result, unit)
+
+    def _record_arm(self, result: Evaluation, context: Any) -> Evaluation:
+        """A guarded rollout's arm: send one exposure per unit and rollout attempt."""
+        unit = _unit(context)
+        if unit is None or result.experiment is None:
+            return result
+        _, created = self._assignments.assign(Assignment(
+            result.experiment, unit, result.arm or "", "", datetime.now(timezone.utc)))
+        if created and self._sender is not None and not self._closed:
+            self._sender.add(exposure_event(unit, result.experiment, result.arm or ""))
+        return result
 
     def _lookup(self, unit: str) -> dict[str, str]:
         if not self._sticky_lookup or self._holder.status != READY:

@@ -56,7 +56,9 @@ class Evaluator:
         results = {key: snapshot.evaluate(key, context, state) for key in keys}
         created = []
         for key, result in results.items():
-            if unit is None or result.experiment is None or result.reason != SPLIT:
+            if unit is None or result.experiment is None:
+                continue
+            if result.arm is None and result.reason != SPLIT:
                 continue  # allowlisted (forced) units are not randomised: no exposure
             if result.experiment in state.sticky:
                 continue
@@ -67,6 +69,10 @@ class Evaluator:
         return Outcome(compiled.revision, results, dict(state.sticky), tuple(created))
 
     def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
+        if result.arm is not None:  # a guarded rollout: the arm is recorded, nothing is sticky
+            _, new = self.assignments.assign(Assignment(
+                result.experiment, unit, result.arm, "", self.clock()))
+            return result, new
         spec = snapshot.experiments[result.experiment]
         kept, new = self.assignments.assign(Assignment(
             result.experiment, unit, result.variant, spec.layer, self.clock(), spec.epoch))
@@ -77,12 +83,15 @@ class Evaluator:
 
 
 def _uses_sticky(snapshot: Snapshot, flag_keys: Iterable[str] | None) -> bool:
-    if not snapshot.experiments:
+    """Whether one of the flags runs an experiment or a guarded rollout (whose arm record
+    says whether the unit's exposure is already counted)."""
+    if not snapshot.experiments and not snapshot.subjects:
         return False
     if flag_keys is None:
         return True
     wanted = set(flag_keys)
-    return any(spec.flag in wanted for spec in snapshot.experiments.values())
+    return (any(spec.flag in wanted for spec in snapshot.experiments.values())
+            or any(flag in wanted for flag, _ in snapshot.subjects.values()))
 
 
 def _unit(context: Any) -> str | None:

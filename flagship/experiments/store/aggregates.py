@@ -28,7 +28,8 @@ from flagship.experiments.model import Metric, load_experiment
 from flagship.experiments.store import sums
 from flagship.experiments.store.config import metrics_by_key
 from flagship.experiments.store.sums import COUNTERS, HOUR
-from flagship.experiments.store.tables import (AggregationStateRecord, EventRecord, ExperimentQualityRecord,
+from flagship.experiments.store.tables import (AggregationStateRecord, AnalysisSubjectRecord, EventRecord,
+                                               ExperimentQualityRecord,
                                                ExperimentRecord, ExposureCountRecord, ExposureRecord,
                                                UnitMetricRecord)
 
@@ -74,8 +75,12 @@ def _plans(conn: sa.Connection) -> dict[str, Plan]:
     table = ExperimentRecord.__table__
     records = conn.execute(sa.select(table).where(table.c.started_at.is_not(None))).all()
     experiments = {r.key: load_experiment(r.document) for r in records}
-    metrics = metrics_by_key(conn, {k for e in experiments.values() for k in e.metric_keys})
-    plans = {}
+    subjects = conn.execute(sa.select(AnalysisSubjectRecord.__table__)).all()
+    wanted = {k for e in experiments.values() for k in e.metric_keys} | {k for s in subjects for k in s.metrics}
+    metrics = metrics_by_key(conn, wanted)
+    plans = {s.key: Plan(s.key, utc(s.started_at), utc(s.ended_at) if s.ended_at else None,
+                         tuple(metrics[k] for k in s.metrics if k in metrics), s.environment)
+             for s in subjects}
     for record in records:
         experiment = experiments[record.key]
         start, end = experiment.window(utc(record.started_at), utc(record.ended_at))  # type: ignore[misc]

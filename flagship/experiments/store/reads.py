@@ -223,3 +223,40 @@ def export_unit_rows(conn: sa.Connection, key: str, metric: Metric, batch: int) 
              .select_from(joined).where(x.c.experiment_key == key).order_by(x.c.unit))
     for row in export_rows(conn, query, batch):
         yield {"metric": metric.key, **row._mapping}
+
+
+def exposed_since(conn: sa.Connection, key: str, since: datetime) -> dict[str, int]:
+    """Units first exposed at or after `since`, per variant (or arm), folded in or not."""
+    x = ExposureRecord.__table__
+    rows = conn.execute(sa.select(x.c.variant, sa.func.count()).where(
+        x.c.experiment_key == key, x.c.assigned_at >= since).group_by(x.c.variant))
+    return {variant: int(n) for variant, n in rows}
+
+
+def exposure_counts_of(conn: sa.Connection, keys: list[str]) -> dict[str, dict[str, int]]:
+    """`exposure_counts` of many subjects in one statement: key -> variant -> units."""
+    t = ExposureCountRecord.__table__
+    out: dict[str, dict[str, int]] = {k: {} for k in keys}
+    if keys:
+        for key, variant, n in conn.execute(sa.select(t.c.experiment_key, t.c.variant, sa.func.sum(t.c.count))
+                                            .where(t.c.experiment_key.in_(keys))
+                                            .group_by(t.c.experiment_key, t.c.variant)):
+            out[key][variant] = int(n or 0)
+    return out
+
+
+def exposed_since_of(conn: sa.Connection, starts: dict[str, datetime]) -> dict[str, dict[str, int]]:
+    """`exposed_since` of many subjects, each from its own start, in one statement."""
+    out: dict[str, dict[str, int]] = {k: {} for k in starts}
+    if not starts:
+        return out
+    x = ExposureRecord.__table__
+    items = sorted(starts.items())
+    for at in range(0, len(items), 200):  # SQLite parses a long OR chain as a deep tree
+        wanted = sa.or_(*(sa.and_(x.c.experiment_key == key, x.c.assigned_at >= start)
+                          for key, start in items[at:at + 200]))
+        rows = conn.execute(sa.select(x.c.experiment_key, x.c.variant, sa.func.count()).where(wanted)
+                            .group_by(x.c.experiment_key, x.c.variant))
+        for key, variant, n in rows:
+            out[key][variant] = int(n)
+    return out

@@ -107,3 +107,18 @@ def by_period(conn: sa.Connection, experiment: str, metric: str) -> list[tuple[s
     rows = conn.execute(sa.select(table.c.variant, table.c.period, *[table.c[c] for c in SUMS]).where(
         table.c.experiment_key == experiment, table.c.metric_key == metric).order_by(table.c.period))
     return [(row[0], int(row[1]), tuple(float(v) for v in row[2:])) for row in rows]
+
+
+def read_many(conn: sa.Connection, keys: list[str], metrics: list[str]) -> dict[tuple[str, str], dict[str, tuple[float, ...]]]:
+    """`read` of many subjects and metrics in one statement: (key, metric) -> variant -> sums."""
+    out: dict[tuple[str, str], dict[str, tuple[float, ...]]] = {}
+    if not keys or not metrics:
+        return out
+    table = VariantSumsRecord.__table__
+    rows = conn.execute(sa.select(table.c.experiment_key, table.c.metric_key, table.c.variant,
+                                  *[sa.func.sum(table.c[c]) for c in SUMS])
+                        .where(table.c.experiment_key.in_(keys), table.c.metric_key.in_(metrics))
+                        .group_by(table.c.experiment_key, table.c.metric_key, table.c.variant))
+    for key, metric, variant, *values in rows:
+        out.setdefault((key, metric), {})[variant] = tuple(float(v or 0.0) for v in values)
+    return out

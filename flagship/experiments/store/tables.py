@@ -222,6 +222,18 @@ class ExperimentQualityRecord(SQLModel, table=True):
     count: int = 0
 
 
+class AnalysisSubjectRecord(SQLModel, table=True):
+    """Something besides experiments whose exposures and metrics are aggregated: a rollout
+    attempt's two arms. The aggregator reads these next to experiments."""
+
+    __tablename__ = "analysis_subjects"
+    key: str = Field(sa_column=Column(sa.String(128), primary_key=True))
+    environment: str = Field(sa_column=Column(sa.String(128), nullable=False))
+    started_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    ended_at: Optional[datetime] = Field(default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
+    metrics: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
 class AggregationStateRecord(SQLModel, table=True):
     """The metric definitions an experiment's unit rows were built with."""
 
