@@ -27,7 +27,7 @@ class ApplySchema(ma.Schema):
         "description": "only show the changes, apply nothing"})
 
 
-class ChangeSchema(ma.Schema):
+class ConfigChangeSchema(ma.Schema):
     kind = fields.String(metadata={"description": "environment, metric, segment, flag, layer, experiment"})
     key = fields.String()
     environment = fields.String(allow_none=True)
@@ -38,7 +38,7 @@ class ChangeSchema(ma.Schema):
 
 class ApplyResultSchema(ma.Schema):
     dry_run = fields.Boolean()
-    changes = fields.List(fields.Nested(ChangeSchema))
+    changes = fields.List(fields.Nested(ConfigChangeSchema))
     unchanged = fields.Integer(metadata={"description": "objects of the file already as written"})
     applied = fields.Boolean()
     change_set = fields.String(allow_none=True, metadata={

@@ -14,7 +14,7 @@ from flagship.flags.schedule_store import STATUSES
 blp = make_blueprint("schedules", "Scheduled flag changes: enable, disable, set a percentage at a time")
 
 
-class ChangeSchema(ma.Schema):
+class ScheduleActionSchema(ma.Schema):
     """What to do: `{"action": "enable"}`, `{"action": "disable"}` or
     `{"action": "set_percentage", "rule_id", "percentage"}`."""
 
@@ -29,7 +29,7 @@ class ChangeSchema(ma.Schema):
 class ScheduleCreateSchema(ma.Schema):
     at = fields.AwareDateTime(required=True, metadata={"description": "when (ISO 8601 with a zone), "
                                                                       "in the future"})
-    change = fields.Nested(ChangeSchema, required=True)
+    change = fields.Nested(ScheduleActionSchema, required=True)
     version = fields.Integer(metadata={"description": "optional: apply only if the flag is still at "
                                                       "this version (otherwise the change fails as stale)"})
 
