@@ -28,12 +28,15 @@ class ApplySchema(ma.Schema):
 
 
 class ConfigChangeSchema(ma.Schema):
-    kind = fields.String(metadata={"description": "environment, metric, segment, flag, layer, experiment"})
+    kind = fields.String(metadata={"description": "environment, metric, segment, flag, layer, experiment, "
+                                                  "rollout_template, webhook"})
     key = fields.String()
     environment = fields.String(allow_none=True)
     action = fields.String(metadata={"description": "create or update"})
     version = fields.Integer(allow_none=True, metadata={"description": "the version the plan saw"})
     changes = fields.List(fields.Dict(), metadata={"description": "{path, op, before?, after?}"})
+    secret_generated = fields.Boolean(metadata={
+        "description": "webhook creates only: applying generates its signing secret (see `secrets`)"})
 
 
 class ApplyResultSchema(ma.Schema):
@@ -43,6 +46,9 @@ class ApplyResultSchema(ma.Schema):
     applied = fields.Boolean()
     change_set = fields.String(allow_none=True, metadata={
         "description": "id of the `config.apply` audit record of this change set"})
+    secrets = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "webhook name -> the signing secret generated for a webhook this apply "
+                       "created, shown this once (empty in a dry run)"})
 
 
 @blp.route("/config")
@@ -55,7 +61,8 @@ class Config(MethodView):
         "application/yaml": {"schema": {"type": "object"}}}}})
     def get(self, args: dict[str, Any]) -> Any:
         """The configuration as one document: environments, metrics, segments, flags with
-        their targeting per environment, layers and experiments"""
+        their targeting per environment, layers, experiments, rollout templates and webhooks
+        (never their secrets)"""
         doc = configfile.export_config(runtime())
         if args["format"] == "yaml":
             return Response(configfile.dump_text(doc), mimetype="application/yaml")
@@ -70,6 +77,7 @@ class ConfigApply(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Make the objects named in a configuration document look as written: the diff per
         object with `dry_run`, else everything in one transaction under version checks (409
-        naming the object changed meanwhile), audited as one change set; idempotent"""
+        naming the object changed meanwhile), audited as one change set; idempotent. The
+        secrets of webhooks it creates are generated and returned once, in `secrets`"""
         require_unbound("applying a configuration")
         return configfile.apply_config(runtime(), actor(), body["config"], dry_run=body["dry_run"])

@@ -2,7 +2,7 @@
 
 The document (YAML on disk, JSON over HTTP) has a format version and one top-level
 section per kind of object, each a mapping from key to object, so a change in git is a
-change of one object and new kinds (webhooks, rollout templates) arrive as new sections:
+change of one object and new kinds of object arrive as new sections:
 
     flagship: 1
     environments: {production: {name, colour, requires_approval, position}}
@@ -13,6 +13,8 @@ change of one object and new kinds (webhooks, rollout templates) arrive as new s
                                                               off_variant, allowlist, blocklist}}}}
     layers:       {main: {environment, name, description, salt}}
     experiments:  {checkout-button: {environment, flag, layer, variants, ...}}
+    rollout_templates: {guarded: {name, description, policy}}
+    webhooks:     {ops: {url, event_types, environment, enabled}}   # keyed by name; no secret
 
 Applying makes the objects named in the file look as written: missing ones are created,
 different ones updated, objects the file does not name are left alone (nothing is
@@ -24,51 +26,31 @@ changes, beside the objects' own records. Applying a file twice changes nothing 
 second time (objects are compared in their canonical form). Experiment rules on flags
 belong to the experiments section (they are kept in place, not read from `flags`); an
 experiment's lifecycle state is not configuration and is neither exported nor applied.
+A webhook's signing secret is never in the file: a webhook the file creates gets a
+generated one, returned once in the apply result (`secrets`), and an update keeps it.
 """
 from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from flagship import environments as environment_service
-from flagship.diff import json_diff
+from flagship.configplan import ENVIRONMENT_FIELDS, LAYER_FIELDS, SECTIONS, Change, diff, webhook_document
 from flagship.errors import ConflictError, ValidationError
 from flagship.experiments import layers as layer_service, metrics as metric_service
 from flagship.experiments import service as experiment_service
-from flagship.experiments.model import experiment_from_dict, experiment_to_dict, metric_from_dict, metric_to_dict
+from flagship.experiments.model import metric_to_dict
 from flagship.experiments.store import config as experiment_store
 from flagship.flags import segments as segment_service, service as flag_service, store as flag_store
-from flagship.flags.model import flag_from_dict, flag_to_dict, segment_from_dict, segment_to_dict
-from flagship.flags.promotion import promoted_document
 from flagship.jsonvalue import json_problem
+from flagship.rollout import notifications, notify_store, service as rollout_service, store as rollout_store
 from flagship.runtime import Runtime
 
 FORMAT_VERSION = 1
-SECTIONS = ("environments", "metrics", "segments", "flags", "layers", "experiments")  # apply order
-ENVIRONMENT_FIELDS = ("name", "colour", "requires_approval", "position")
-LAYER_FIELDS = ("name", "description", "salt")
-
-
-@dataclass
-class Change:
-    """One object the file creates or changes, with the version the plan saw."""
-
-    kind: str
-    key: str
-    environment: str | None
-    action: str  # create | update
-    before: dict[str, Any] | None
-    after: dict[str, Any]
-    version: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "environment": self.environment,
-                "action": self.action, "version": self.version,
-                "changes": json_diff(self.before or {}, self.after)}
+LABELS = {"rollout_template": "rollout template"}
 
 
 # -- the text form -----------------------------------------------------------------------------
@@ -122,21 +104,6 @@ def check_document(doc: Any) -> dict[str, Any]:
     return doc
 
 
-def _entries(doc: Mapping[str, Any], section: str) -> list[tuple[str, dict[str, Any]]]:
-    return _mapping(doc.get(section), section)
-
-
-def _mapping(value: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    if not isinstance(value or {}, dict):
-        raise ValidationError("must be a mapping of key -> object", field=where)
-    out = []
-    for key, entry in (value or {}).items():
-        if not isinstance(entry, dict):
-            raise ValidationError("must be a mapping", field=f"{where}.{key}")
-        out.append((str(key), copy.deepcopy(entry)))
-    return out
-
-
 # -- export ------------------------------------------------------------------------------------
 
 def _without(doc: Mapping[str, Any], *names: str) -> dict[str, Any]:
@@ -150,7 +117,8 @@ def _unmanaged(targeting: dict[str, Any]) -> dict[str, Any]:
 
 def export_config(runtime: Runtime) -> dict[str, Any]:
     """Every environment, metric, segment, flag (with its targeting per environment),
-    layer and experiment configuration, as one document."""
+    layer, experiment configuration, rollout template and webhook (without its secret),
+    as one document."""
     out: dict[str, Any] = {"flagship": FORMAT_VERSION}
     with runtime.db.session() as session:
         envs = flag_store.environments(session)
@@ -172,138 +140,17 @@ def export_config(runtime: Runtime) -> dict[str, Any]:
                          for layer in experiment_store.layers(session)}
         out["experiments"] = {e.key: {"environment": e.environment, **_without(e.document, "key")}
                               for e in experiment_store.experiments(session)}
+        out["rollout_templates"] = {t.key: rollout_service.template_document(t)
+                                    for t in rollout_store.templates(session)}
+        out["webhooks"] = dict(sorted((w.name, webhook_document(w)) for w in notify_store.webhooks(session)))
     return out
 
 
 # -- plan --------------------------------------------------------------------------------------
 
-def _named(section: str, key: str, error: ValidationError) -> ValidationError:
-    errors = {f"{section}.{key}.{field}": messages for field, messages in error.errors.items()}
-    return ValidationError(f"{section}.{key}: {error.message}", errors=errors or None)
-
-
-class _Planner:
-    """Reads the store once and lists what applying `doc` would change."""
-
-    def __init__(self, runtime: Runtime, session: Any, doc: Mapping[str, Any]) -> None:
-        self.runtime, self.session, self.doc = runtime, session, doc
-        self.changes: list[Change] = []
-        self.unchanged = 0
-
-    def add(self, kind: str, key: str, env: str | None, before: Any, after: dict[str, Any],
-            version: int | None) -> None:
-        if before == after:
-            self.unchanged += 1
-            return
-        action = "create" if before is None else "update"
-        self.changes.append(Change(kind, key, env, action, before, after, version))
-
-    def segment_keys(self, env: str) -> set[str]:
-        planned = (self.doc.get("segments") or {}).get(env) or {}
-        return flag_store.segment_keys(self.session, env) | {str(k) for k in planned}
-
-    def environments(self) -> None:
-        for key, entry in _entries(self.doc, "environments"):
-            record = flag_store.get_environment(self.session, key)
-            before = {f: getattr(record, f) for f in ENVIRONMENT_FIELDS} if record else None
-            after = {f: entry.get(f, (before or {}).get(f)) for f in ENVIRONMENT_FIELDS if
-                     f in entry or before is not None}
-            self.add("environment", key, None, before, after, record.version if record else None)
-
-    def metrics(self) -> None:
-        for key, entry in _entries(self.doc, "metrics"):
-            try:
-                after = metric_to_dict(metric_from_dict({**entry, "key": key}))
-            except ValidationError as error:
-                raise _named("metrics", key, error) from None
-            record = experiment_store.get_metric(self.session, key)
-            before = metric_to_dict(experiment_store.metric_of(record)) if record else None
-            self.add("metric", key, None, before, after, record.version if record else None)
-
-    def segments(self) -> None:
-        for env, entries in (self.doc.get("segments") or {}).items():
-            for key, entry in _mapping(entries, f"segments.{env}"):
-                try:
-                    after = segment_to_dict(segment_from_dict({**entry, "key": key}, self.runtime.operators))
-                except ValidationError as error:
-                    raise _named(f"segments.{env}", key, error) from None
-                record = flag_store.get_segment(self.session, key, str(env))
-                self.add("segment", key, str(env), record.document if record else None, after,
-                         record.version if record else None)
-
-    def flags(self) -> None:
-        default = self.runtime.config["DEFAULT_ENVIRONMENT"]
-        for key, entry in _entries(self.doc, "flags"):
-            targetings = entry.pop("environments", None) or {}
-            if not isinstance(targetings, dict):
-                raise ValidationError("must be a mapping of environment -> targeting",
-                                      field=f"flags.{key}.environments")
-            rows = flag_store.flag_rows(self.session, key)
-            if not targetings:  # the definition only: every environment keeps its targeting
-                current = rows.get(default)
-                targetings = {default: flag_service.targeting(current.document) if current else {}}
-            for env, targeting in targetings.items():
-                env = str(env)
-                record = rows.get(env)
-                if not isinstance(targeting or {}, dict):
-                    raise ValidationError("must be a mapping", field=f"flags.{key}.environments.{env}")
-                written = {**entry, **(targeting or {}), "key": key}
-                doc = {**promoted_document(written, record.document), **flag_service.definition(written)} \
-                    if record else written
-                try:
-                    after = flag_to_dict(flag_from_dict(doc, self.runtime.operators, self.segment_keys(env)))
-                except ValidationError as error:
-                    raise _named("flags", key, error) from None
-                self.add("flag", key, env, record.document if record else None, after,
-                         record.version if record else None)
-
-    def layers(self) -> None:
-        default = self.runtime.config["DEFAULT_ENVIRONMENT"]
-        for key, entry in _entries(self.doc, "layers"):
-            record = experiment_store.get_layer(self.session, key)
-            env = str(entry.get("environment") or (record.environment if record else default))
-            if record is not None and record.environment != env:
-                raise ValidationError(f"layer {key!r} is in environment {record.environment!r}; "
-                                      "a layer cannot move", field=f"layers.{key}.environment")
-            before = {f: getattr(record, f) for f in LAYER_FIELDS} if record else None
-            after = {"name": entry.get("name") or key, "description": entry.get("description", ""),
-                     "salt": entry.get("salt") or (record.salt if record else layer_service.default_salt(key))}
-            self.add("layer", key, env, before, after, record.version if record else None)
-
-    def experiments(self) -> None:
-        default = self.runtime.config["DEFAULT_ENVIRONMENT"]
-        for key, entry in _entries(self.doc, "experiments"):
-            record = experiment_store.get_experiment(self.session, key)
-            env = str(entry.pop("environment", None) or (record.environment if record else default))
-            if record is not None and record.environment != env:
-                raise ValidationError(f"experiment {key!r} is in environment {record.environment!r}",
-                                      field=f"experiments.{key}.environment")
-            doc = {**entry, "key": key}
-            try:
-                after = experiment_to_dict(experiment_from_dict(
-                    doc, operators=self.runtime.operators, segment_keys=self.segment_keys(env),
-                    flag_variants=self._variants(str(doc.get("flag")), env)))
-            except ValidationError as error:
-                raise _named("experiments", key, error) from None
-            self.add("experiment", key, env, record.document if record else None, after,
-                     record.version if record else None)
-
-    def _variants(self, flag: str, env: str) -> dict[str, Any] | None:
-        written = (self.doc.get("flags") or {}).get(flag)
-        if isinstance(written, dict) and isinstance(written.get("variants"), dict):
-            return written["variants"]
-        record = flag_store.get_flag(self.session, flag, env)
-        return record.document["variants"] if record else None
-
-
 def plan(runtime: Runtime, doc: Mapping[str, Any]) -> tuple[list[Change], int]:
     """What applying `doc` would change, object by object (and how many are unchanged)."""
-    check_document(doc)
-    with runtime.db.session() as session:
-        planner = _Planner(runtime, session, doc)
-        for section in SECTIONS:
-            getattr(planner, section)()
-    return planner.changes, planner.unchanged
+    return diff(runtime, check_document(doc))
 
 
 # -- apply -------------------------------------------------------------------------------------
@@ -313,41 +160,56 @@ def apply_config(runtime: Runtime, actor: str, doc: Mapping[str, Any],
     """Plan, and unless `dry_run`, apply the plan in one transaction."""
     changes, unchanged = plan(runtime, doc)
     result = {"dry_run": dry_run, "changes": [c.to_dict() for c in changes], "unchanged": unchanged,
-              "applied": False, "change_set": None}
+              "applied": False, "change_set": None, "secrets": {}}
     if dry_run or not changes:
         return result
-    result["change_set"] = execute(runtime, actor, changes)
+    result["change_set"], result["secrets"] = execute(runtime, actor, changes)
     result["applied"] = True
     return result
 
 
-def execute(runtime: Runtime, actor: str, changes: list[Change]) -> str:
+def execute(runtime: Runtime, actor: str, changes: list[Change]) -> tuple[str, dict[str, str]]:
     """Apply planned changes in one transaction, each object's version checked against the
-    plan (ConflictError naming the object otherwise); return the change set's id."""
-    change_set = uuid.uuid4().hex[:12]
+    plan (ConflictError naming the object otherwise); return the change set's id and the
+    signing secrets of the webhooks it created (by name: the only time they are shown)."""
+    change_set, secrets = uuid.uuid4().hex[:12], {}
     with runtime.change_set(actor) as tx:
-        _check_flag_versions(tx.session, [c for c in changes if c.kind == "flag"])
+        _check_versions(tx.session, changes)
         for change in changes:
-            _apply_one(runtime, actor, change)
+            secret = _apply_one(runtime, actor, change)
+            if secret is not None:
+                secrets[change.key] = secret
         tx.audit("config.apply", "config", change_set, None,
                  {"changes": [{k: v for k, v in c.to_dict().items() if k != "changes"} for c in changes]})
-    return change_set
+    return change_set, secrets
 
 
-def _check_flag_versions(session: Any, changes: list[Change]) -> None:
-    """Lock the flags the plan changes and check they are still as planned (a changed
-    definition updates every environment, so per-environment checks come first)."""
+_LOCKED: dict[str, Callable[[Any, Change], Any]] = {  # locked and checked before any change
+    "flag": lambda session, c: flag_store.get_flag(session, c.key, c.environment, lock=True),
+    "rollout_template": lambda session, c: rollout_store.get_template(session, c.key, lock=True),
+    "webhook": lambda session, c: notify_store.webhook_by_name(session, c.key, lock=True)}
+
+
+def _check_versions(session: Any, changes: list[Change]) -> None:
+    """Lock the flags, templates and webhooks the plan changes and check they are still as
+    planned (a changed flag definition updates every environment, so these checks come
+    before any change is made)."""
     for change in changes:
-        record = flag_store.get_flag(session, change.key, change.environment, lock=True)
+        if change.kind not in _LOCKED:
+            continue
+        record = _LOCKED[change.kind](session, change)
         current = record.version if record is not None else None
         if current != change.version:
-            where = f" in environment {change.environment!r}"
-            raise ConflictError(f"flag {change.key!r}{where} changed since the plan was made "
-                                f"(version {current}, planned on {change.version}): nothing was "
-                                "applied; plan again", {"flags": [change.key]})
+            where = f" in environment {change.environment!r}" if change.environment else ""
+            what = "was created" if change.version is None else \
+                f"changed (version {current}, planned on {change.version})"
+            raise ConflictError(f"{LABELS.get(change.kind, change.kind)} {change.key!r}{where} {what} since "
+                                "the plan was made: nothing was applied; plan again",
+                                {f"{change.kind}s": [change.key]})
 
 
-def _apply_one(runtime: Runtime, actor: str, change: Change) -> None:
+def _apply_one(runtime: Runtime, actor: str, change: Change) -> str | None:
+    """Make one planned change; return the secret of a webhook it created."""
     key, env, after, version = change.key, change.environment, change.after, change.version
     create = change.action == "create"
     if change.kind == "environment":
@@ -377,6 +239,22 @@ def _apply_one(runtime: Runtime, actor: str, change: Change) -> None:
             experiment_service.create_experiment(runtime, actor, after, env)
         else:
             experiment_service.update_experiment(runtime, actor, key, after, version, partial=False)
+    elif change.kind == "rollout_template":
+        rollout_service.save_template(runtime, actor, key, after, version, create=create)
+    elif change.kind == "webhook":
+        return _apply_webhook(runtime, actor, change)
+    return None
+
+
+def _apply_webhook(runtime: Runtime, actor: str, change: Change) -> str | None:
+    if change.action == "create":
+        return str(notifications.create_webhook(runtime, actor, {"name": change.key, **change.after})["secret"])
+    with runtime.change(actor) as tx:  # joins the change set, where _check_versions locked it
+        record = notify_store.webhook_by_name(tx.session, change.key)
+        webhook_id = record.id if record is not None and record.id is not None else 0
+    # no `secret` in the patch: the webhook keeps the one it has
+    notifications.update_webhook(runtime, actor, webhook_id, change.after, change.version)
+    return None
 
 
 def _apply_flag(runtime: Runtime, actor: str, change: Change) -> None:

@@ -7,7 +7,13 @@ import pytest
 
 from flagship import configfile
 from flagship.errors import ConflictError, ValidationError
+from flagship.rollout import notify_store
 from tests.conftest import boolean_flag, make_app
+
+POLICY = {"evaluation_interval": 60, "steps": [{"percent": 10, "min_duration": 600, "min_units": 100},
+                                               {"percent": 50, "min_duration": "1h", "min_units": 100}],
+          "checks": [{"id": "errors", "type": "metric_regression", "metric": "purchases"}]}
+OPS_SECRET = "s3cret-" + "x" * 20
 
 
 def _populate(api) -> None:
@@ -98,8 +104,8 @@ def test_a_concurrent_change_aborts_the_whole_apply_naming_the_object(api, runti
 
 
 def test_bad_files_are_refused_with_the_object_named(runtime):
-    with pytest.raises(ValidationError, match="unknown section 'webhooks'"):
-        configfile.apply_config(runtime, "t", {"flagship": 1, "webhooks": {}})
+    with pytest.raises(ValidationError, match="unknown section 'rollouts'"):
+        configfile.apply_config(runtime, "t", {"flagship": 1, "rollouts": {}})
     with pytest.raises(ValidationError, match="flags.bad"):
         configfile.apply_config(runtime, "t", {"flags": {"bad": {"type": "boolean", "variants": {}}}})
     with pytest.raises(ValidationError, match="aliases"):
@@ -140,3 +146,169 @@ def test_the_http_api_exports_and_applies(api, client, admin, runtime):
     assert done["applied"] and api("get", "/layers/main")["description"] == "the main layer"
     assert api("post", "/config/apply", {"config": doc})["changes"] == []
     assert api("post", "/config/apply", {"config": {"flagship": 1, "rollouts": {}}}, 422)["code"] == 422
+
+
+# -- rollout templates and webhooks --------------------------------------------------------------
+
+def _populate_rollout(api) -> str:
+    """A template and two webhooks (one with a given secret); the generated secret."""
+    api("post", "/rollout-templates", {"key": "guarded", "description": "10 then 50", "policy": POLICY}, 201)
+    api("post", "/webhooks", {"name": "ops", "url": "https://hooks.example.com/ops",
+                              "event_types": ["rollout.*", "alert.opened"], "secret": OPS_SECRET}, 201)
+    return api("post", "/webhooks", {"name": "staging feed", "url": "https://hooks.example.com/s",
+                                     "event_types": ["flag.*"], "environment": "staging",
+                                     "enabled": False}, 201)["secret"]
+
+
+def _secret(runtime, name):
+    with runtime.db.session() as session:
+        return notify_store.webhook_by_name(session, name).secret
+
+
+def test_templates_and_webhooks_are_exported_without_secrets_and_round_trip(api, client, admin, runtime,
+                                                                            tmp_path):
+    _populate(api)
+    generated = _populate_rollout(api)
+    exported = configfile.export_config(runtime)
+    assert exported["rollout_templates"] == {"guarded": {
+        "name": "guarded", "description": "10 then 50", "policy": api("get", "/rollout-templates/guarded")["policy"]}}
+    assert exported["webhooks"] == {
+        "ops": {"url": "https://hooks.example.com/ops", "event_types": ["rollout.*", "alert.opened"],
+                "environment": None, "enabled": True},
+        "staging feed": {"url": "https://hooks.example.com/s", "event_types": ["flag.*"],
+                         "environment": "staging", "enabled": False}}
+    text = configfile.dump_text(exported)
+    for shown in (text, json.dumps(api("get", "/config")),
+                  client.get("/api/v1/config?format=yaml", headers=admin).get_data(as_text=True)):
+        assert OPS_SECRET not in shown and generated not in shown and "secret" not in shown
+
+    from flagship.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade(url)
+    fresh = make_app(url).extensions["flagship"]
+    try:
+        dry = configfile.apply_config(fresh, "t", configfile.load_text(text), dry_run=True)
+        planned = {(c["kind"], c["key"]): c for c in dry["changes"]}
+        assert planned[("rollout_template", "guarded")]["action"] == "create"
+        assert planned[("webhook", "ops")]["secret_generated"] is True and dry["secrets"] == {}
+        assert "whsec_" not in json.dumps(dry)
+        after_dry = configfile.export_config(fresh)
+        assert after_dry["rollout_templates"] == {} and after_dry["webhooks"] == {}  # nothing written
+        done = configfile.apply_config(fresh, "t", configfile.load_text(text))
+        assert set(done["secrets"]) == {"ops", "staging feed"}
+        assert all(v.startswith("whsec_") and v == _secret(fresh, k) for k, v in done["secrets"].items())
+        assert configfile.export_config(fresh) == exported
+        again = configfile.apply_config(fresh, "t", configfile.load_text(text))
+        assert again["changes"] == [] and again["secrets"] == {} and not again["applied"]
+        assert _secret(fresh, "ops") == done["secrets"]["ops"]  # still the one shown once
+    finally:
+        fresh.close()
+
+
+def test_template_and_webhook_updates_keep_the_secret_and_are_one_audited_change_set(api, runtime):
+    _populate(api)
+    generated = _populate_rollout(api)
+    doc = configfile.export_config(runtime)
+    doc["rollout_templates"]["guarded"]["policy"]["steps"][0]["percent"] = 20
+    doc["webhooks"]["ops"].update(url="https://hooks.example.com/ops2", enabled=False)
+    doc["webhooks"]["new"] = {"url": "https://hooks.example.com/new", "event_types": ["*"]}
+    result = configfile.apply_config(runtime, "key:ci", doc)
+    changes = {(c["kind"], c["key"]): c for c in result["changes"]}
+    assert set(changes) == {("rollout_template", "guarded"), ("webhook", "ops"), ("webhook", "new")}
+    assert [d["path"] for d in changes[("rollout_template", "guarded")]["changes"]] == ["policy.steps.0.percent"]
+    assert {d["path"] for d in changes[("webhook", "ops")]["changes"]} == {"url", "enabled"}
+    assert "secret_generated" not in changes[("webhook", "ops")]
+    assert list(result["secrets"]) == ["new"] and result["secrets"]["new"] == _secret(runtime, "new")
+    assert _secret(runtime, "ops") == OPS_SECRET and _secret(runtime, "staging feed") == generated
+    assert api("get", "/rollout-templates/guarded")["policy"]["steps"][0]["percent"] == 20
+    hooks = {w["name"]: w for w in api("get", "/webhooks")}
+    assert hooks["ops"]["url"].endswith("/ops2") and not hooks["ops"]["enabled"] and hooks["new"]["enabled"]
+
+    records = api("get", "/audit?action=config.apply")["items"]
+    assert len(records) == 1 and records[0]["target"] == result["change_set"]
+    assert {(c["kind"], c["key"], c["action"]) for c in records[0]["after"]["changes"]} == {
+        ("rollout_template", "guarded", "update"), ("webhook", "ops", "update"), ("webhook", "new", "create")}
+    own = {r["action"] for r in api("get", "/audit?per_page=100")["items"] if r["actor"] == "key:ci"}
+    assert own == {"config.apply", "rollout_template.update", "webhook.update", "webhook.create"}
+    audit_text = json.dumps(api("get", "/audit?per_page=100"))
+    assert OPS_SECRET not in audit_text and result["secrets"]["new"] not in audit_text
+    assert configfile.apply_config(runtime, "key:ci", doc)["changes"] == []
+
+
+def test_a_concurrent_template_or_webhook_change_aborts_naming_it(api, runtime):
+    _populate(api)
+    _populate_rollout(api)
+    doc = configfile.export_config(runtime)
+    doc["rollout_templates"]["guarded"]["description"] = "from the file"
+    doc["webhooks"]["ops"]["url"] = "https://hooks.example.com/file"
+    changes, _ = configfile.plan(runtime, doc)
+    template = api("get", "/rollout-templates/guarded")
+    api("put", "/rollout-templates/guarded", {"version": template["version"], "policy": POLICY,
+                                              "description": "meanwhile"})
+    with pytest.raises(ConflictError) as raised:
+        configfile.execute(runtime, "t", changes)
+    assert "rollout template 'guarded'" in raised.value.message
+    assert api("get", "/webhooks")[0]["url"] == "https://hooks.example.com/ops"  # nothing was applied
+
+    changes, _ = configfile.plan(runtime, doc)
+    ops = api("get", "/webhooks")[0]
+    api("patch", f"/webhooks/{ops['id']}", {"enabled": False})
+    with pytest.raises(ConflictError) as raised:
+        configfile.execute(runtime, "t", changes)
+    assert "webhook 'ops'" in raised.value.message
+    assert api("get", "/rollout-templates/guarded")["description"] == "meanwhile"
+
+    doc = {"webhooks": {"late": {"url": "https://hooks.example.com/late", "event_types": ["*"]}}}
+    changes, _ = configfile.plan(runtime, doc)
+    api("post", "/webhooks", {"name": "late", "url": "https://hooks.example.com/other", "event_types": ["*"]}, 201)
+    with pytest.raises(ConflictError, match="webhook 'late'"):
+        configfile.execute(runtime, "t", changes)
+
+
+def test_bad_templates_and_webhooks_are_refused_naming_the_path(api, runtime):
+    bad_policy = {"policy": {**POLICY, "steps": [{"percent": 150, "min_duration": 60, "min_units": 1}]}}
+    from_api = api("post", "/rollout-templates", {"key": "t", **bad_policy}, 422)["errors"]["json"]
+    with pytest.raises(ValidationError) as raised:
+        configfile.apply_config(runtime, "t", {"rollout_templates": {"t": bad_policy}}, dry_run=True)
+    assert list(raised.value.errors) == [f"rollout_templates.t.{path}" for path in from_api] == [
+        "rollout_templates.t.policy.steps.0.percent"]
+    hook = {"url": "https://hooks.example.com/x", "event_types": ["*"]}
+    for section, entry, path in [
+            ("rollout_templates", {"policy": POLICY, "owner": "me"}, "rollout_templates.t.owner"),
+            ("rollout_templates", {"description": "no policy"}, "rollout_templates.t.policy"),
+            ("rollout_templates", {"policy": {**POLICY, "evaluation_interval": 0}},
+             "rollout_templates.t.policy.evaluation_interval"),
+            ("webhooks", {**hook, "secret": OPS_SECRET}, "webhooks.t.secret"),
+            ("webhooks", {**hook, "name": "other"}, "webhooks.t.name"),
+            ("webhooks", {**hook, "url": "ftp://example.com/x"}, "webhooks.t.url"),
+            ("webhooks", {**hook, "event_types": ["rollout.?"]}, "webhooks.t.event_types.0"),
+            ("webhooks", {"url": hook["url"]}, "webhooks.t.event_types"),
+            ("webhooks", {**hook, "environment": "nowhere"}, "webhooks.t.environment")]:
+        with pytest.raises(ValidationError) as raised:
+            configfile.apply_config(runtime, "t", {section: {"t": entry}})
+        assert list(raised.value.errors) == [path], (entry, raised.value.errors)
+        assert OPS_SECRET not in raised.value.message
+    body = api("post", "/config/apply", {"config": {"rollout_templates": {"t": bad_policy}}}, 422)
+    assert "rollout_templates.t.policy.steps.0.percent" in json.dumps(body)
+    # a webhook may filter on an environment the same file creates
+    done = configfile.apply_config(runtime, "t", {"environments": {"qa": {"name": "QA"}},
+                                                  "webhooks": {"qa": {**hook, "environment": "qa"}}})
+    assert done["applied"] and api("get", "/webhooks")[0]["environment"] == "qa"
+
+
+def test_the_cli_and_http_api_show_a_new_webhooks_secret_once(runner, api, runtime, tmp_path):
+    path = tmp_path / "flagship.yaml"
+    path.write_text("webhooks:\n  ops:\n    url: https://hooks.example.com/ops\n    event_types: ['*']\n")
+    dry = runner("config", "apply", str(path), "--dry-run")
+    assert dry.exit_code == 0 and "+ webhook ops" in dry.stdout and "secret is generated" in dry.stdout
+    assert "whsec_" not in dry.stdout and api("get", "/webhooks") == []
+    applied = runner("config", "apply", str(path))
+    assert applied.exit_code == 0 and f"(shown this once): {_secret(runtime, 'ops')}" in applied.stdout
+    doc = api("get", "/config")
+    doc["webhooks"]["ops"]["event_types"] = ["flag.*"]
+    doc["webhooks"]["second"] = {"url": "https://hooks.example.com/2", "event_types": ["*"]}
+    dry = api("post", "/config/apply", {"config": doc, "dry_run": True})
+    assert dry["secrets"] == {} and [c.get("secret_generated") for c in dry["changes"]] == [None, True]
+    done = api("post", "/config/apply", {"config": doc})
+    assert list(done["secrets"]) == ["second"] and done["secrets"]["second"] == _secret(runtime, "second")

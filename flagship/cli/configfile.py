@@ -17,7 +17,8 @@ def config() -> None:
 @config.command("export")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml")
 def config_export(fmt: str) -> None:
-    """Write every environment, metric, segment, flag, layer and experiment to stdout."""
+    """Write every environment, metric, segment, flag, layer, experiment, rollout template
+    and webhook (without its secret) to stdout."""
     from flagship.cli import make_cli_runtime
     from flagship.configfile import dump_text, export_config
 
@@ -52,6 +53,8 @@ def describe(result: dict[str, Any]) -> list[str]:
         where = f" ({change['environment']})" if change["environment"] else ""
         mark = "+" if change["action"] == "create" else "~"
         lines.append(f"{mark} {change['kind']} {change['key']}{where}")
+        if change.get("secret_generated"):
+            lines.append("    a signing secret is generated when this is applied (shown once)")
         if change["action"] == "update":
             for item in change["changes"]:
                 lines.append(f"    {item['path'] or '.'}: {_short(item.get('before'))} -> "
@@ -61,6 +64,8 @@ def describe(result: dict[str, Any]) -> list[str]:
         lines.append(f"applied as change set {result['change_set']}")
     elif result["dry_run"]:
         lines.append("dry run: nothing was applied")
+    for name, secret in result.get("secrets", {}).items():
+        lines.append(f"signing secret of webhook {name} (shown this once): {secret}")
     return lines
 
 

@@ -123,7 +123,8 @@ def _check_secret(secret: Any) -> str:
     return secret
 
 
-def _canonical(session: Any, doc: Mapping[str, Any]) -> dict[str, Any]:
+def check_webhook(session: Any, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The editable fields a webhook document gives, checked (ValidationError naming the field)."""
     out: dict[str, Any] = {}
     for name in doc:
         if name not in _EDITABLE:
@@ -158,7 +159,7 @@ def create_webhook(runtime: Runtime, actor: str, doc: Mapping[str, Any]) -> dict
             raise ValidationError("required", field=required)
     try:
         with runtime.change(actor) as tx:
-            values = _canonical(tx.session, doc)
+            values = check_webhook(tx.session, doc)
             if store.webhook_by_name(tx.session, values["name"]) is not None:
                 raise ConflictError(f"a webhook named {values['name']!r} already exists",
                                     {"name": ["already exists"]})
@@ -200,7 +201,7 @@ def update_webhook(runtime: Runtime, actor: str, webhook_id: int, patch: Mapping
         if expected is not None and expected != record.version:
             raise ConflictError(f"webhook {webhook_id} is at version {record.version}, not {expected}",
                                 {"version": [f"current version is {record.version}"]})
-        values = _canonical(tx.session, patch)
+        values = check_webhook(tx.session, patch)
         if "name" in values and values["name"] != record.name:
             if store.webhook_by_name(tx.session, values["name"]) is not None:
                 raise ConflictError(f"a webhook named {values['name']!r} already exists",

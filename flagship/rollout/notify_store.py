@@ -123,8 +123,11 @@ def webhooks(session: Session, enabled_only: bool = False) -> Sequence[WebhookRe
     return session.execute(query).scalars().all()
 
 
-def webhook_by_name(session: Session, name: str) -> WebhookRecord | None:
-    return session.execute(sa.select(WebhookRecord).where(WebhookRecord.name == name)).scalar_one_or_none()
+def webhook_by_name(session: Session, name: str, lock: bool = False) -> WebhookRecord | None:
+    query = sa.select(WebhookRecord).where(WebhookRecord.name == name)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
 
 
 def delivery_state(session: Session, event_id: str) -> dict[int, tuple[int, bool]]:

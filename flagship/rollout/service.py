@@ -17,6 +17,7 @@ from flagship.experiments.store import config as experiment_store
 from flagship.experiments.store.tables import AnalysisSubjectRecord
 from flagship.flags import service as flags
 from flagship.flags import store as flag_store
+from flagship.flags.model import KEY_PATTERN
 from flagship.rollout import store
 from flagship.rollout.model import ACTIVE, TERMINAL, Policy, RolloutState, policy_from_dict, policy_to_dict
 from flagship.rollout.plan import Reason, action_events, apply_action
@@ -116,10 +117,31 @@ def _policy(runtime: Runtime, doc: Any, field: str = "policy") -> dict[str, Any]
                               field=path) from None
 
 
+def template_document(record: RolloutTemplateRecord) -> dict[str, Any]:
+    """A template as configuration: its name, description and canonical policy."""
+    return {"name": record.name, "description": record.description, "policy": record.policy}
+
+
+def check_template(runtime: Runtime, key: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical `template_document` of a written template (the name defaults to the
+    key); ValidationError naming the field (`policy.steps.0.percent`) otherwise."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise ValidationError(f"invalid key {key!r}: use 1-128 letters, digits, '_', '.' or '-'",
+                              field="key")
+    for name, limit in (("name", 256), ("description", 10_000)):
+        value = doc.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise ValidationError(f"must be a string of at most {limit} characters", field=name)
+    if doc.get("policy") is None:
+        raise ValidationError("required", field="policy")
+    return {"name": doc.get("name") or key, "description": doc.get("description") or "",
+            "policy": _policy(runtime, doc["policy"])}
+
+
 def save_template(runtime: Runtime, actor: str, key: str, doc: Mapping[str, Any],
                   expected: int | None = None, create: bool = False) -> dict[str, Any]:
     """Create (or replace, with the version) a policy template."""
-    policy = _policy(runtime, doc.get("policy"))
+    values = check_template(runtime, key, doc)
     with runtime.change(actor) as tx:
         record = store.get_template(tx.session, key)
         if create and record is not None:
@@ -128,12 +150,12 @@ def save_template(runtime: Runtime, actor: str, key: str, doc: Mapping[str, Any]
             raise NotFoundError(f"rollout template {key!r} not found")
         before = _template_view(record) if record else None
         if record is None:
-            record = RolloutTemplateRecord(key=key, version=0, policy=policy, created_at=tx.now,
+            record = RolloutTemplateRecord(key=key, version=0, policy=values["policy"], created_at=tx.now,
                                            updated_at=tx.now, updated_by=actor)
             tx.session.add(record)
         flags.check_version(record.version, expected, "rollout template", key)
-        record.name, record.description = doc.get("name") or key, doc.get("description") or ""
-        record.policy, record.version = policy, record.version + 1
+        record.name, record.description = values["name"], values["description"]
+        record.policy, record.version = values["policy"], record.version + 1
         record.updated_at, record.updated_by = tx.now, actor
         tx.session.flush()
         tx.audit("rollout_template." + ("create" if before is None else "update"), "rollout_template",

@@ -147,9 +147,11 @@ def evaluations(session: Session, rollout_id: int, limit: int = 200) -> Sequence
         .order_by(RolloutEvaluationRecord.id.desc()).limit(limit)).scalars().all()
 
 
-def get_template(session: Session, key: str) -> RolloutTemplateRecord | None:
-    return session.execute(sa.select(RolloutTemplateRecord).where(
-        RolloutTemplateRecord.key == key)).scalar_one_or_none()
+def get_template(session: Session, key: str, lock: bool = False) -> RolloutTemplateRecord | None:
+    query = sa.select(RolloutTemplateRecord).where(RolloutTemplateRecord.key == key)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
 
 
 def templates(session: Session) -> Sequence[RolloutTemplateRecord]:
