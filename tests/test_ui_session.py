@@ -9,7 +9,9 @@ from tests.ui_support import HX, UI, ui  # noqa: F401 - fixture
 
 PAGES = ["/ui/", "/ui/flags", "/ui/flags/-/new", "/ui/segments", "/ui/segments/-/new", "/ui/environments",
          "/ui/environments/-/new", "/ui/layers", "/ui/metrics", "/ui/metrics/-/new", "/ui/experiments",
-         "/ui/experiments/-/new", "/ui/audit", "/ui/keys"]
+         "/ui/experiments/-/new", "/ui/rollouts", "/ui/rollouts/-/new", "/ui/rollouts/templates",
+         "/ui/rollouts/templates/-/new", "/ui/alerts", "/ui/webhooks", "/ui/webhooks/-/new", "/ui/audit",
+         "/ui/keys"]
 
 
 def test_every_screen_needs_a_session_and_remembers_where_you_were_going(client: Any) -> None:

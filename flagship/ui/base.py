@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -154,6 +155,15 @@ class Errors:
         self.fields.setdefault(path, []).append(message)
         self.message = self.message or "Some fields need attention."
 
+    def fold(self, path: str) -> Errors:
+        """Move messages about paths below `path` onto `path`, each naming its full path:
+        one textarea holds a whole document (a policy as JSON, a list of event types), so
+        `policy.steps.0.percent: must be above 0` is shown next to it."""
+        for below in [p for p in self.fields if p.startswith(path + ".")]:
+            for message in self.fields.pop(below):
+                self.fields.setdefault(path, []).append(f"{below}: {message}")
+        return self
+
 
 def errors_from(error: FlagshipError) -> Errors:
     """Errors of a service exception, keyed by the field paths it names."""
@@ -205,7 +215,7 @@ def install_filters(app: Flask) -> None:
     """Number formats shared with the HTML report (one escaping, one way to print a p-value)."""
     app.jinja_env.filters.update(num=report._num, signed=report._signed, pct=report._pct,
                                  pval=report._pval, when=report._when, jsonish=format_value,
-                                 jsontext=json_text)
+                                 jsontext=json_text, duration=duration_text)
     app.jinja_env.globals.update(link=link, fid=field_id, htmx_version=HTMX_VERSION,
                                  csrf_token=csrf_token)
 
@@ -225,6 +235,20 @@ def field_id(path: str) -> str:
 def json_text(value: Any) -> str:
     """JSON as plain text (autoescaped where it is shown, unlike Flask's `tojson`)."""
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def duration_text(seconds: Any) -> str:
+    """Seconds as a policy writes them: `5400` -> `1h30m`, `0.5` -> `0.5s`."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return "—"
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    whole, parts = int(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)
 
 
 def format_value(value: Any) -> str:

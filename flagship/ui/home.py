@@ -1,11 +1,9 @@
 """The home dashboard: running experiments with their SRM light and decision, recently
 changed flags, and sections other domains register.
 
-Extension point: progressive delivery (active rollouts, open alerts; issue 10) is being
-built in `flagship/rollout`. When its service lands, it adds its dashboard sections with
-`register_section(Section(...))` from a UI module of its own (e.g. `flagship/ui/rollouts.py`
-imported by `init_ui`); until then the dashboard shows no rollout or alert section at all
-rather than a placeholder that pretends.
+Extension point: a UI module adds a section with `register_section(Section(...))` when it
+is imported by `init_ui`; `alerts.py` adds "Open alerts" and `rollouts.py` "Active
+rollouts" (with their step), in that order.
 """
 from __future__ import annotations
 
