@@ -29,7 +29,7 @@ def _init_http(app: Flask) -> None:
     from flagship.experiments.api import BLUEPRINTS as experiment_blueprints
     from flagship.flags import api as flags_api
     from flagship.rollout.api import BLUEPRINTS as rollout_blueprints
-    from flagship.serving import api as serving_api, ofrep, stream
+    from flagship.serving import api as serving_api, fastpath, ofrep, stream
     from flagship.ui import init_ui
 
     observability.init_app(app)  # first: request ids and metrics also for refused requests
@@ -39,3 +39,4 @@ def _init_http(app: Flask) -> None:
         api.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: {"status": "ok"})
     init_ui(app)  # the HTMX UI at /ui/; `/` leads browsers there (API clients to /api/docs)
+    fastpath.install(app, app.extensions["flagship"])  # the hot endpoints' ordinary requests

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,10 +114,24 @@ class SqliteWriteLock:
 
 
 class Database:
-    """The engine plus session factories; the runtime holds one per app."""
+    """The engine plus session factories; the runtime holds one per app.
 
-    def __init__(self, url: str, background_checkpoint: bool = False) -> None:
+    `revision_check` > 0 (serving processes): `snapshot_revision()` re-reads the store
+    revision at most that often, so the hot path makes no database round trip to learn
+    its snapshot is current; a change committed by this process is seen at once (the
+    sessions that bump the revision say so on commit), another process's within
+    `revision_check` seconds. One mechanism for SQLite and PostgreSQL alike, costing at
+    most 1/`revision_check` primary-key reads per second per process however busy it is,
+    and nothing when idle; LISTEN/NOTIFY or Redis pub/sub would need a connection and a
+    thread of their own per process, and Redis is not there on the embedded default.
+    """
+
+    def __init__(self, url: str, background_checkpoint: bool = False,
+                 revision_check: float = 0.0) -> None:
         self.url = url
+        self.revision_check = revision_check
+        self._commits = 0  # this process's commits that changed the revision
+        self._known = (float("-inf"), -1, 0)  # (read at, self._commits then, revision)
         self.engine = make_engine(url, background_checkpoint)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         path = self.engine.url.database if self.is_sqlite else None
@@ -128,8 +143,11 @@ class Database:
 
         self._writer = BatchWriter(self.write_connection)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.write_sessions = sessionmaker(
-            self.engine.execution_options(flagship_write=True), expire_on_commit=False)
+        self._write_engine = self.engine.execution_options(flagship_write=True)
+        self.write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
+        for factory in (self.sessions, self.write_sessions):
+            event.listen(factory, "after_commit", self._after_commit)
+            event.listen(factory, "after_soft_rollback", _forget_bump)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -152,7 +170,7 @@ class Database:
     @contextmanager
     def write_connection(self) -> Iterator[sa.Connection]:
         """A Core-level write transaction (bulk paths), under the same lock."""
-        with self.write_lock(), self.engine.execution_options(flagship_write=True).begin() as conn:
+        with self.write_lock(), self._write_engine.begin() as conn:
             yield conn
 
     def batched(self, op: Callable[[sa.Connection], Any]) -> Any:
@@ -163,6 +181,24 @@ class Database:
                       apply: Callable[[sa.Connection, list[Any]], list[Any]]) -> Any:
         """Like `batched`, but concurrent payloads of one kind share a single `apply` call."""
         return self._writer.submit_merged(kind, payload, apply)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(REVISION_FLAG, False):
+            self._commits += 1
+
+    def snapshot_revision(self) -> int:
+        """The store revision as this process knows it (see the class): re-read when this
+        process committed a change to it, or `revision_check` seconds after the last read."""
+        if self.revision_check <= 0:
+            return self.read_snapshot_revision()
+        read_at, commits, revision = self._known
+        now = time.monotonic()
+        if commits == self._commits and now - read_at < self.revision_check:
+            return revision
+        commits = self._commits  # before the read: a commit during it forces another
+        revision = self.read_snapshot_revision()
+        self._known = (now, commits, revision)
+        return revision
 
     def read_snapshot_revision(self) -> int:
         """The current store revision (cheap: one primary-key read)."""
@@ -180,8 +216,12 @@ class Database:
         self.engine.dispose()
 
 
+REVISION_FLAG = "flagship.revision_bumped"  # in Session.info: this transaction changed it
+
+
 def bump_snapshot_revision(session: Session) -> int:
     """Increment the store revision inside the caller's transaction and return it."""
+    session.info[REVISION_FLAG] = True  # the committing process sees it at once (Database)
     result = session.execute(
         sa.update(MetaRecord).where(MetaRecord.id == 1)
         .values(snapshot_revision=MetaRecord.snapshot_revision + 1)
@@ -193,6 +233,10 @@ def bump_snapshot_revision(session: Session) -> int:
     return int(value)
 
 
+def _forget_bump(session: Session, _transaction: Any) -> None:
+    session.info.pop(REVISION_FLAG, None)  # rolled back: the revision did not change
+
+
 def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
     """INSERT with the dialect's ON CONFLICT clauses (SQLite and PostgreSQL share them)."""
     if conn.dialect.name == "sqlite":
@@ -202,17 +246,33 @@ def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
     return insert(table)
 
 
+# Built statements by shape: building an ON CONFLICT construct (its `excluded` columns)
+# cost more than executing it on the single-event path; the constructs are immutable.
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _built(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = build()
+    return statement
+
+
 def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], *,
            add: tuple[str, ...] = (), replace: tuple[str, ...] = ()) -> None:
     """Insert `rows`; on a key conflict add the `add` columns to the stored ones and
     overwrite the `replace` columns. The one upsert of the code base."""
     if not rows:
         return
-    statement = dialect_insert(conn, table)
-    updates = {c: table.c[c] + statement.excluded[c] for c in add}
-    updates.update({c: statement.excluded[c] for c in replace})
-    conn.execute(statement.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                                 set_=updates), rows)
+
+    def build() -> Any:
+        statement = dialect_insert(conn, table)
+        updates = {c: table.c[c] + statement.excluded[c] for c in add}
+        updates.update({c: statement.excluded[c] for c in replace})
+        return statement.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                               set_=updates)
+
+    conn.execute(_built(("upsert", conn.dialect.name, table, tuple(keys), add, replace), build), rows)
 
 
 def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
@@ -223,12 +283,16 @@ def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
     """
     if not rows:
         return []
-    statement = dialect_insert(conn, table).on_conflict_do_nothing()
+
+    def build() -> Any:
+        statement = dialect_insert(conn, table).on_conflict_do_nothing()
+        return statement.returning(*[table.c[c] for c in returning]) if returning else statement
+
+    statement = _built(("insert_new", conn.dialect.name, table, returning), build)
     if not returning:
         conn.execute(statement, rows)
         return []
-    return [tuple(row) for row in conn.execute(
-        statement.returning(*[table.c[c] for c in returning]), rows)]
+    return [tuple(row) for row in conn.execute(statement, rows)]
 
 
 def upgrade(url: str) -> None:

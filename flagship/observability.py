@@ -59,20 +59,25 @@ def _finish(response: Response) -> Response:
     started = g.get("request_started")
     if started is None:  # a request that failed before our before_request ran
         return response
-    elapsed = time.perf_counter() - started
     response.headers.setdefault("X-Request-Id", g.request_id)
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    method = request.method if request.method in METHODS else "OTHER"
-    telemetry.REQUESTS.labels(route, method, str(response.status_code)).inc()
+    record_request(request.url_rule.rule if request.url_rule is not None else "unmatched",
+                   request.method, response.status_code, time.perf_counter() - started,
+                   request_id=g.request_id, path=request.path, actor=g.get("actor"),
+                   remote_addr=request.remote_addr)
+    return response
+
+
+def record_request(route: str, method: str, status: int, elapsed: float, *, request_id: str,
+                   path: str, actor: str | None, remote_addr: str | None) -> None:
+    """Count, time and log one answered request (the Flask app's and the fast path's)."""
+    telemetry.REQUESTS.labels(route, method if method in METHODS else "OTHER", str(status)).inc()
     if route in HOT_ROUTES or route.startswith(HOT_PREFIXES):
         telemetry.LATENCY.labels(route).observe(elapsed)
     if request_log.isEnabledFor(logging.INFO):
         request_log.info("request", extra={"fields": {
-            "request_id": g.request_id, "method": request.method, "path": request.path,
-            "route": route, "status": response.status_code,
-            "duration_ms": round(elapsed * 1000, 2), "actor": g.get("actor"),
-            "remote_addr": request.remote_addr}})
-    return response
+            "request_id": request_id, "method": method, "path": path, "route": route,
+            "status": status, "duration_ms": round(elapsed * 1000, 2), "actor": actor,
+            "remote_addr": remote_addr}})
 
 
 # -- /metrics and /readyz ---------------------------------------------------------------------------
@@ -179,6 +184,9 @@ def init_tracing(app: Flask, runtime: Any, exporter: Any = None) -> bool:
     provider.add_span_processor(processor)
     if exporter is None:
         trace.set_tracer_provider(provider)
+    fast = app.extensions.get("flagship.fastpath")
+    if fast is not None:  # every request goes through Flask, so every request gets its span
+        fast.enabled = False
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
     # its version pin stops at SQLAlchemy 2.0; the engine events it uses are unchanged in 2.1
     SQLAlchemyInstrumentor().instrument(engine=runtime.db.engine, tracer_provider=provider,

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from flagship.serving.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
+# a serving process re-reads the store revision at most this often (the kill switch must
+# reach every process within 1 s; see Database.snapshot_revision)
+REVISION_CHECK_SECONDS = 0.25
 # the change set open on this thread (or task), if any: (its runtime, its transaction)
 _CHANGE_SET: ContextVar[tuple[Any, Any] | None] = ContextVar("flagship_change_set", default=None)
 
@@ -138,7 +141,8 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
     plugins = make_plugin_manager(config["PLUGINS"].split(","),
                                   entry_points=config.get("ENTRY_POINTS", True))
     operators = operator_table(plugins)
-    db = Database(config["DATABASE_URL"], background_checkpoint=server)
+    db = Database(config["DATABASE_URL"], background_checkpoint=server,
+                  revision_check=REVISION_CHECK_SECONDS if server else 0.0)
     snapshots = SnapshotCache(db, operators, settle_gc=server)
     assignments = make_assignment_store(db, config["REDIS_URL"])
     runtime = Runtime(config=config, db=db, plugins=plugins, operators=operators,

@@ -93,7 +93,8 @@ CORE = ("flagship.errors", "flagship.diff", "flagship.jsonvalue", "flagship.flag
         "flagship.rollout.alerts")
 HTTP = ("flagship.api", "flagship.admin_api", "flagship.flags.api", "flagship.flags.schemas",
         "flagship.experiments.api", "flagship.experiments.schemas", "flagship.serving.api",
-        "flagship.serving.ofrep", "flagship.serving.stream", "flagship.openapi",
+        "flagship.serving.ofrep", "flagship.serving.stream", "flagship.serving.fastpath",
+        "flagship.openapi",
         "flagship.observability", "flagship.config_api", "flagship.rollout.api",
         "flagship.ui", "flask", "flask_smorest", "werkzeug", "webargs")
 FRONT_DOORS = ("flagship.app", "flagship.cli", "flagship.server", "flagship.jobs", "flagship.ui")

@@ -40,7 +40,7 @@ def test_an_exception_reaches_only_its_caller(runtime):
 
 
 def test_writes_queued_behind_a_busy_writer_commit_together(runtime):
-    """While the writer thread is busy, later writes queue up; they then share one commit."""
+    """While a write is being committed, later writes queue up; they then share one commit."""
     db = runtime.db
     with db.write_connection() as conn:
         conn.execute(sa.text("CREATE TABLE t2 (k INTEGER PRIMARY KEY)"))
@@ -59,14 +59,14 @@ def test_writes_queued_behind_a_busy_writer_commit_together(runtime):
 
     first = threading.Thread(target=db.batched, args=(slow,))
     first.start()
-    assert busy.wait(10)  # the writer is inside the first transaction now
+    assert busy.wait(10)  # the leader is inside the first transaction now
     others = [threading.Thread(target=db.batched, args=(
         lambda conn, k=k: conn.execute(sa.text("INSERT INTO t2 (k) VALUES (:k)"), {"k": k}),))
         for k in range(1, 21)]
     for t in others:
         t.start()
     for _ in range(1000):  # every later write is queued behind the busy one
-        if db._writer._queue.qsize() >= 20:
+        if db._writer.pending >= 20:
             break
         threading.Event().wait(0.01)
     gate.set()

@@ -76,7 +76,7 @@ class _Targets(dict):
     subjects: Any = ()
 
 
-def _experiments(runtime: Runtime, items: list[Any], environment: str) -> Any:
+def exposure_targets(runtime: Runtime, items: list[Any], environment: str) -> Any:
     """What exposures may name, read only when the request carries exposures (they are checked)."""
     if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
         return _Targets()
@@ -108,7 +108,7 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
     now = now or runtime.clock()
     environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
     bounds = bounds_from(runtime.config)
-    experiments = _experiments(runtime, items, environment)
+    experiments = exposure_targets(runtime, items, environment)
     valid, rejected, repeated_units = validate(items, now, bounds, experiments)
     repeats = len(repeated_units)
     result = IngestResult(rejected=rejected)

@@ -29,12 +29,12 @@ class CompiledSnapshot:
 
 
 class SnapshotCache:
-    """Serves each environment's compiled snapshot; one primary-key read per call checks
-    freshness.
+    """Serves each environment's compiled snapshot, rebuilt when the store revision moves.
 
-    The revision lives in the database, so a change made by another server process
-    (or a CLI command) is seen on the very next request, with no message bus. The
-    revision counts changes in every environment; an environment's ETag covers only its
+    The revision lives in the database, so a change made by another server process (or a
+    CLI command) is seen with no message bus: on the next request, or in a serving
+    process within `Database.revision_check` seconds (see `Database.snapshot_revision`).
+    The revision counts changes in every environment; an environment's ETag covers only its
     own content, so a change elsewhere rebuilds it without changing its ETag.
     """
 
@@ -47,7 +47,7 @@ class SnapshotCache:
 
     def get(self, environment: str = "production") -> CompiledSnapshot:
         """`environment`'s snapshot at the store's current revision (NotFoundError if unknown)."""
-        revision = self._db.read_snapshot_revision()
+        revision = self._db.snapshot_revision()
         current = self._current.get(environment)
         if current is not None and current.revision == revision:
             return current

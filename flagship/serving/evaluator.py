@@ -2,9 +2,16 @@
 
 This sits above the flag and experiment domains: it reads the unit's sticky assignments
 and persists first assignments (exposures) through the assignment store.
+
+A unit's sticky records are remembered per process (`StickyMemo`): a record never
+changes nor goes away once written (exposures are append-only, and a concurrent second
+assignment keeps the first), so a remembered record is never wrong; one made meanwhile by
+another process is simply not known yet, and the first-assignment write, which keeps the
+stored one, finds it. A returning unit then costs no store read at all.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
@@ -25,6 +32,28 @@ class Outcome:
     new_assignments: tuple[str, ...]
 
 
+class StickyMemo:
+    """Units' sticky records (experiment -> variant) as this process has seen them; bounded
+    (forgets everything past `limit` units: it only costs store reads again)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._units: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, unit: str) -> dict[str, str] | None:
+        known = self._units.get(unit)
+        return dict(known) if known is not None else None
+
+    def remember(self, unit: str, records: dict[str, str]) -> None:
+        if not records:
+            return  # nothing known: another process may assign this unit any time
+        with self._lock:
+            if len(self._units) >= self.limit and unit not in self._units:
+                self._units.clear()
+            self._units.setdefault(unit, {}).update(records)
+
+
 class Evaluator:
     """Evaluate with sticky assignments; persist first assignments as exposures."""
 
@@ -33,6 +62,7 @@ class Evaluator:
         self.snapshots = snapshots
         self.assignments = assignments
         self.clock = clock
+        self.sticky = StickyMemo()
 
     def state_for(self, snapshot: Snapshot, context: Any,
                   flag_keys: Iterable[str] | None = None) -> tuple[EvalState, str | None]:
@@ -43,7 +73,11 @@ class Evaluator:
         unit = _unit(context)
         sticky: dict[str, str] = {}
         if unit is not None and _uses_sticky(snapshot, flag_keys):
-            sticky = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
+            known = self.sticky.get(unit)
+            if known is None or not _covers(snapshot, flag_keys, known):
+                known = {k: a.variant for k, a in self.assignments.for_unit(unit).items()}
+                self.sticky.remember(unit, known)
+            sticky = known
         return EvalState(now=now.timestamp(), sticky=sticky), unit
 
     def evaluate(self, context: Any, flag_keys: Iterable[str] | None = None,
@@ -70,12 +104,14 @@ class Evaluator:
 
     def _persist(self, snapshot: Snapshot, result: Evaluation, unit: str) -> tuple[Evaluation, bool]:
         if result.arm is not None:  # a guarded rollout: the arm is recorded, nothing is sticky
-            _, new = self.assignments.assign(Assignment(
+            kept, new = self.assignments.assign(Assignment(
                 result.experiment, unit, result.arm, "", self.clock()))
+            self.sticky.remember(unit, {kept.experiment: kept.variant})
             return result, new
         spec = snapshot.experiments[result.experiment]
         kept, new = self.assignments.assign(Assignment(
             result.experiment, unit, result.variant, spec.layer, self.clock(), spec.epoch))
+        self.sticky.remember(unit, {kept.experiment: kept.variant})
         if kept.variant != result.variant:  # a concurrent request assigned first: theirs holds
             flag = snapshot.flags[result.flag_key]
             result = replace(result, variant=kept.variant, value=flag.variants[kept.variant])
@@ -92,6 +128,19 @@ def _uses_sticky(snapshot: Snapshot, flag_keys: Iterable[str] | None) -> bool:
     wanted = set(flag_keys)
     return (any(spec.flag in wanted for spec in snapshot.experiments.values())
             or any(flag in wanted for flag, _ in snapshot.subjects.values()))
+
+
+def _covers(snapshot: Snapshot, flag_keys: Iterable[str] | None, known: dict[str, str]) -> bool:
+    """Whether the remembered records answer for every experiment and guarded rollout of the
+    flags evaluated: else the store is read (it may know one made by another process)."""
+    wanted = None if flag_keys is None else set(flag_keys)
+    for key, spec in snapshot.experiments.items():
+        if (wanted is None or spec.flag in wanted) and key not in known:
+            return False
+    for subject, (flag, _) in snapshot.subjects.items():
+        if (wanted is None or flag in wanted) and subject not in known:
+            return False
+    return True
 
 
 def _unit(context: Any) -> str | None:

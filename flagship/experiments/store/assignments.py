@@ -60,12 +60,14 @@ class SqlAssignments:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self.select = sa.select(ExposureRecord.__table__)
+        table = ExposureRecord.__table__
+        self.select = sa.select(table)
+        # built once: on the hot path, building the WHERE clause cost more than running it
+        self._of_unit = self.select.where(table.c.unit == sa.bindparam("unit"))
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
-        table = ExposureRecord.__table__
         with self._db.engine.connect() as conn:
-            rows = conn.execute(self.select.where(table.c.unit == unit)).all()
+            rows = conn.execute(self._of_unit, {"unit": unit}).all()
         return {row.experiment_key: _from_row(row) for row in rows}
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
