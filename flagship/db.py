@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import Field, SQLModel
 
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -59,7 +60,23 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # A write transaction takes the write lock up front (BEGIN IMMEDIATE), so it waits
     # on busy_timeout instead of failing when it upgrades a read lock under WAL.
     immediate = conn.get_execution_options().get("flagship_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    if conn.dispatch.before_cursor_execute:  # someone (tracing) watches statements
+        conn.exec_driver_sql(sql)
+    else:  # on the driver: an execution context costs more than the BEGIN
+        _on_driver(conn, lambda cursor: cursor.execute(sql), sql, ())
+
+
+def _on_driver(conn: sa.Connection, run: Callable[[Any], T], sql: str, params: Any) -> T:
+    """`run(cursor)` on the DBAPI connection under `conn`, its errors raised as SQLAlchemy's
+    (so a locked or unreachable database is a 503 like everywhere else)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        return run(cursor)
+    except conn.dialect.loaded_dbapi.Error as error:
+        raise sa.exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error) from error
+    finally:
+        cursor.close()
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -141,7 +158,8 @@ class Database:
         self.aggregate_lock = SqliteWriteLock(file_path, ".aggregatelock") if self.is_sqlite else None
         from flagship.writer import BatchWriter
 
-        self._writer = BatchWriter(self.write_connection)
+        self._writer = BatchWriter(self._writer_transaction)
+        self._writer_conn: tuple[int, sa.Connection] | None = None  # (pid, connection)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(flagship_write=True)
         self.write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -172,6 +190,26 @@ class Database:
         """A Core-level write transaction (bulk paths), under the same lock."""
         with self.write_lock(), self._write_engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _writer_transaction(self) -> Iterator[sa.Connection]:
+        """The group-commit writer's transactions. On SQLite they share one connection,
+        kept open: only the writer's leader uses it, one transaction at a time, and taking
+        a connection from the pool and giving it back cost about as much as a one-event
+        INSERT. A child process after fork opens its own (a SQLite connection must not be
+        used across fork)."""
+        if not self.is_sqlite:
+            with self.write_connection() as conn:
+                yield conn
+            return
+        with self.write_lock():
+            held = self._writer_conn
+            if held is None or held[0] != os.getpid() or held[1].closed or held[1].invalidated:
+                if held is not None and held[0] != os.getpid():
+                    _INHERITED.append(held[1])  # never closed here: the parent's to close
+                held = self._writer_conn = (os.getpid(), self._write_engine.connect())
+            with held[1].begin():
+                yield held[1]
 
     def batched(self, op: Callable[[sa.Connection], Any]) -> Any:
         """Run a small write through the group-commit writer; returns after its commit."""
@@ -213,7 +251,18 @@ class Database:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
+        held, self._writer_conn = self._writer_conn, None
+        if held is not None:
+            if held[0] == os.getpid():
+                held[1].close()
+            else:
+                _INHERITED.append(held[1])
         self.engine.dispose()
+
+
+# Connections a forked child inherited: kept referenced so the child never closes them
+# (closing would run SQLite's cleanup on the parent's file state).
+_INHERITED: list[sa.Connection] = []
 
 
 REVISION_FLAG = "flagship.revision_bumped"  # in Session.info: this transaction changed it
@@ -272,7 +321,10 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], key
         return statement.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
                                                set_=updates)
 
-    conn.execute(_built(("upsert", conn.dialect.name, table, tuple(keys), add, replace), build), rows)
+    key = ("upsert", conn.dialect.name, table, tuple(keys), add, replace)
+    statement = _built(key, build)
+    if _run_direct(conn, key, statement, rows, returning=False) is None:
+        conn.execute(statement, rows)
 
 
 def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
@@ -288,11 +340,75 @@ def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
         statement = dialect_insert(conn, table).on_conflict_do_nothing()
         return statement.returning(*[table.c[c] for c in returning]) if returning else statement
 
-    statement = _built(("insert_new", conn.dialect.name, table, returning), build)
+    key = ("insert_new", conn.dialect.name, table, returning)
+    statement = _built(key, build)
+    direct = _run_direct(conn, key, statement, rows, returning=bool(returning))
+    if direct is not None:
+        return direct
     if not returning:
         conn.execute(statement, rows)
         return []
     return [tuple(row) for row in conn.execute(statement, rows)]
+
+
+class _Direct:
+    """A statement compiled once for SQLite: its SQL, bind names and bind processors."""
+
+    __slots__ = ("sql", "names", "processors")
+
+    def __init__(self, compiled: Any, dialect: Any) -> None:
+        self.sql = compiled.string
+        self.names = tuple(compiled.positiontup)
+        self.processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                                for name in self.names)
+
+    def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[name] if process is None else process(row[name])
+                     for name, process in zip(self.names, self.processors))
+
+
+_DIRECT: dict[tuple[Any, ...], _Direct | None] = {}
+
+
+def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
+                rows: list[dict[str, Any]], returning: bool) -> list[tuple[Any, ...]] | None:
+    """Run `statement` for `rows` on SQLite's own cursor, or return None (the caller runs
+    it through SQLAlchemy).
+
+    The single-event and first-assignment paths execute these statements on every
+    request; through `Connection.execute` each costs a cache-key walk of the ON CONFLICT
+    construct and an execution context, several times the work SQLite does. Here the
+    statement is compiled once per row shape, its values go through the very bind
+    processors SQLAlchemy would apply (dates, JSON, booleans), and it runs in the
+    connection's open transaction. Not taken when anything listens to cursor executions
+    (tracing) or when the compiled statement wants a value the rows do not carry (a
+    Python-side column default SQLAlchemy would fill in).
+    """
+    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute \
+            or conn.dispatch.after_cursor_execute:
+        return None
+    shape = tuple(rows[0])
+    if any(len(row) != len(shape) for row in rows):
+        return None
+    cache_key = (*key, shape)
+    try:
+        direct = _DIRECT[cache_key]
+    except KeyError:
+        compiled = statement.compile(dialect=conn.dialect, column_keys=list(shape))
+        direct = _DIRECT[cache_key] = _Direct(compiled, conn.dialect) \
+            if compiled.positiontup is not None and set(compiled.positiontup) <= set(shape) else None
+    if direct is None:
+        return None
+    if not returning:
+        params = [direct.parameters(row) for row in rows]
+        _on_driver(conn, lambda cursor: cursor.executemany(direct.sql, params), direct.sql, params)
+        return []
+    found: list[tuple[Any, ...]] = []
+    for row in rows:  # sqlite3's executemany returns no rows
+        one = direct.parameters(row)
+        found += _on_driver(conn, lambda cursor: cursor.execute(direct.sql, one).fetchall(),
+                            direct.sql, one)
+    return found
 
 
 def upgrade(url: str) -> None:

@@ -101,15 +101,36 @@ def _exposure(event: EventIn, experiments: Any) -> dict[str, Any]:
             "epoch": spec.epoch if spec is not None else 1}
 
 
-def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
-           environment: str | None = None) -> IngestResult:
-    """Store the valid events of `items` in `environment` (default: the default one); return
-    only after they are committed. An event counts for the experiments of its environment."""
-    now = now or runtime.clock()
-    environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
+@dataclass
+class Checked:
+    """`items` validated at `now` against what exposures may name (see `check`)."""
+
+    items: list[Any]
+    now: datetime
+    bounds: Bounds
+    experiments: Any
+    valid: list[EventIn]
+    rejected: list[dict[str, Any]]
+    repeated_units: list[str]
+
+
+def check(runtime: Runtime, items: list[Any], now: datetime, environment: str) -> Checked:
+    """Validate `items` without writing anything (`ingest` stores the result)."""
     bounds = bounds_from(runtime.config)
     experiments = exposure_targets(runtime, items, environment)
-    valid, rejected, repeated_units = validate(items, now, bounds, experiments)
+    return Checked(items, now, bounds, experiments, *validate(items, now, bounds, experiments))
+
+
+def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
+           environment: str | None = None, checked: Checked | None = None) -> IngestResult:
+    """Store the valid events of `items` in `environment` (default: the default one); return
+    only after they are committed. An event counts for the experiments of its environment.
+    `checked`: the items already validated by `check` (for this environment)."""
+    environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
+    if checked is None or checked.items is not items:
+        checked = check(runtime, items, now or runtime.clock(), environment)
+    now, bounds, experiments = checked.now, checked.bounds, checked.experiments
+    valid, rejected, repeated_units = checked.valid, checked.rejected, checked.repeated_units
     repeats = len(repeated_units)
     result = IngestResult(rejected=rejected)
     issues = [(unit, "rejected") for r in rejected if (unit := _unit_of(items[r["index"]]))]

@@ -197,14 +197,11 @@ class FastPath:
     def _event(self, environ: Environ, env: str, body: Any) -> Answer | None:
         if type(body) is not dict:
             return DECLINE
-        runtime = self.runtime
-        now = runtime.clock()
-        bounds = ingest.bounds_from(runtime.config)
-        targets = ingest.exposure_targets(runtime, [body], env)
-        _, rejected, _ = ingest.validate([body], now, bounds, targets)
-        if rejected:  # nothing written yet: the Flask view counts and explains the rejection
+        items = [body]
+        checked = ingest.check(self.runtime, items, self.runtime.clock(), env)
+        if checked.rejected:  # nothing written yet: the Flask view counts and explains it
             return DECLINE
-        result = ingest.ingest(runtime, [body], now=now, environment=env)
+        result = ingest.ingest(self.runtime, items, environment=env, checked=checked)
         return self._json(202, result.to_dict())
 
     def _snapshot(self, environ: Environ, env: str) -> Answer:

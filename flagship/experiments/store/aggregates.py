@@ -336,8 +336,18 @@ def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) 
 
 
 def catch_up(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:
-    """Run rounds until the work queue is empty; return the rows processed."""
+    """Run rounds until everything pending when the call began is folded in; return the
+    rows processed.
+
+    A round that takes fewer than `batch` rows has taken every row committed before it
+    read, so the call stops there: under a steady stream of events, chasing the few rows
+    that arrived during the last round would run round after round of fixed cost (and
+    write-lock hand-offs with the ingesting requests) for a handful of rows each; they
+    wait for the next call instead.
+    """
     total = 0
-    while (done := run_round(db, batch, late_after)):
+    while True:
+        done = run_round(db, batch, late_after)
         total += done
-    return total
+        if done < batch:
+            return total

@@ -1,0 +1,134 @@
+"""The SQLite direct path of `insert_new`/`upsert` and the writer's kept connection.
+
+The hot write paths run their statements on SQLite's own cursor (flagship.db._run_direct);
+what they store must be exactly what SQLAlchemy would have stored, errors must still be
+SQLAlchemy's, and the writer's one kept connection must not cross a fork.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from flagship import db as dbmod
+from flagship.db import Database, insert_new, upsert
+from flagship.experiments.store.tables import EventCounterRecord, EventRecord
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+NOW = datetime(2026, 11, 30, 12, 30, 15, 123456, tzinfo=timezone.utc)
+
+
+def _rows(tag: str) -> list[dict]:
+    return [{"event_id": f"{tag}-{i}", "unit": f"u{i}", "event": "click", "value": 1.5 * i,
+             "timestamp": NOW - timedelta(seconds=i), "received_at": NOW,
+             "properties": None if i % 2 else {"plan": "pro", "nested": [1, {"x": True}], "n": i},
+             "environment": "production"}
+            for i in range(4)]
+
+
+def _stored(db: Database, tag: str) -> list[tuple]:
+    t = EventRecord.__table__
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(t).where(t.c.event_id.like(f"{tag}-%")).order_by(t.c.event_id))
+        return [tuple(v for k, v in row._mapping.items() if k != "id") for row in rows]
+
+
+def test_direct_writes_store_what_sqlalchemy_stores(runtime, monkeypatch):
+    db = runtime.db
+    with db.write_connection() as conn:
+        direct = insert_new(conn, EventRecord.__table__, _rows("direct"), ("event_id",))
+    with monkeypatch.context() as patch:
+        patch.setattr(dbmod, "_run_direct", lambda *args, **kwargs: None)
+        with db.write_connection() as conn:
+            through = insert_new(conn, EventRecord.__table__, _rows("orm"), ("event_id",))
+    assert [r[0].split("-")[1] for r in direct] == [r[0].split("-")[1] for r in through] == ["0", "1", "2", "3"]
+    ours, theirs = _stored(db, "direct"), _stored(db, "orm")
+    assert len(ours) == 4
+    assert [row[1:] for row in ours] == [row[1:] for row in theirs]  # dates, JSON, floats alike
+    with db.engine.connect() as conn:  # and byte for byte in the file
+        raw = conn.exec_driver_sql(
+            "SELECT unit, timestamp, received_at, properties, aggregated FROM events "
+            "WHERE event_id LIKE 'direct-%' OR event_id LIKE 'orm-%' ORDER BY unit, event_id").all()
+    assert [raw[i][0:] for i in range(0, 8, 2)] == [raw[i][0:] for i in range(1, 8, 2)]
+
+
+def test_direct_insert_returns_only_new_rows_and_upsert_adds_once(runtime):
+    db = runtime.db
+    with db.write_connection() as conn:
+        assert len(insert_new(conn, EventRecord.__table__, _rows("a"), ("event_id",))) == 4
+        again = insert_new(conn, EventRecord.__table__, _rows("a")[:2] + _rows("b")[:1], ("event_id",))
+        assert again == [("b-0",)]
+    hour = NOW.replace(minute=0, second=0, microsecond=0)
+    for n in (3, 4):
+        with db.write_connection() as conn:
+            upsert(conn, EventCounterRecord.__table__, [{"hour": hour, "kind": "accepted", "count": n}],
+                   ["hour", "kind"], add=("count",))
+    with db.engine.connect() as conn:
+        t = EventCounterRecord.__table__
+        assert conn.execute(sa.select(t.c.count).where(t.c.kind == "accepted")).scalar() == 7
+
+
+def test_direct_errors_are_sqlalchemy_errors(runtime):
+    db = runtime.db
+    with db.write_connection() as conn:
+        conn.exec_driver_sql("CREATE TABLE scratch (k TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+    table = sa.Table("scratch", sa.MetaData(), sa.Column("k", sa.Text, primary_key=True),
+                     sa.Column("n", sa.Integer, nullable=False))
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.write_connection() as conn:
+            insert_new(conn, table, [{"k": "x", "n": None}])
+    with db.write_connection() as conn:
+        conn.exec_driver_sql("DROP TABLE scratch")
+    with pytest.raises(sa.exc.OperationalError):  # e.g. a missing table: a 503 path, not a crash
+        with db.write_connection() as conn:
+            upsert(conn, table, [{"k": "x", "n": 1}], ["k"], add=("n",))
+
+
+def test_tracing_listeners_see_every_statement(runtime):
+    """With a cursor listener (OpenTelemetry's SQLAlchemy instrumentation) the direct path
+    steps aside, so every statement is traced."""
+    seen: list[str] = []
+
+    def listen(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    sa.event.listen(runtime.db.engine, "before_cursor_execute", listen)
+    try:
+        with runtime.db.write_connection() as conn:
+            insert_new(conn, EventRecord.__table__, _rows("traced"), ("event_id",))
+    finally:
+        sa.event.remove(runtime.db.engine, "before_cursor_execute", listen)
+    assert seen[0] == "BEGIN IMMEDIATE"
+    assert sum("INSERT INTO events" in s for s in seen) >= 1
+
+
+def _count_rows(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM events WHERE event_id LIKE 'fork-%'").scalar()
+
+
+def _write(db: Database, tag: str) -> None:
+    rows = [{**row, "event_id": f"fork-{tag}-{i}"} for i, row in enumerate(_rows(tag)[:1])]
+    db.batched(lambda conn: insert_new(conn, EventRecord.__table__, rows, ("event_id",)))
+
+
+def test_the_writers_kept_connection_does_not_cross_a_fork(runtime):
+    db = runtime.db
+    _write(db, "parent1")  # the parent's writer connection is open now
+    parent_conn = db._writer_conn[1]
+    pid = os.fork()
+    if pid == 0:  # the child: writes on a connection of its own, then leaves without cleanup
+        try:
+            _write(db, "child")
+            ok = db._writer_conn[0] == os.getpid() and db._writer_conn[1] is not parent_conn
+            os._exit(0 if ok else 3)
+        except BaseException:  # noqa: BLE001 - any failure is the exit code
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _write(db, "parent2")  # the parent's connection still works after the child's writes
+    assert db._writer_conn[1] is parent_conn
+    assert _count_rows(db) == 3
