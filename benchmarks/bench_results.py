@@ -29,9 +29,7 @@ METRICS = [{"key": "converted", "event": "purchase", "kind": "conversion"},
 
 def populate(app, units: int) -> None:
     from flagship.experiments.store import aggregates as aggregate
-    from flagship.experiments.analysis import exposure_counts, scan_variant_stats
-    from flagship.experiments.metrics import metrics_by_key
-    from flagship.experiments.store.sums import SUMS, VariantSumsRecord
+    from flagship.experiments.store.config import metrics_by_key
 
     client = app.test_client()
     for metric in METRICS:
@@ -62,14 +60,27 @@ def populate(app, units: int) -> None:
         plans = aggregate._plans(conn)
         conn.execute(sa.insert(aggregate.AggregationStateRecord.__table__).values(
             experiment_key="exp", signature=plans["exp"].signature))
-        counts = exposure_counts(conn, "exp")
-        with sa.orm.Session(bind=conn) as session:
-            metrics = metrics_by_key(session, [m["key"] for m in METRICS])
-        for metric in metrics.values():
-            scanned = scan_variant_stats(conn, "exp", metric, counts)
-            conn.execute(sa.insert(VariantSumsRecord.__table__), [
-                {"experiment_key": "exp", "metric_key": metric.key, "variant": v,
-                 **{f: getattr(s, f) for f in SUMS}} for v, s in scanned.items()])
+        keep_sums(conn, "exp", variants, metrics_by_key(conn, [m["key"] for m in METRICS]).values(), at)
+
+
+def keep_sums(conn, experiment: str, variants, metrics, at: datetime) -> None:
+    """What the aggregator keeps as it folds rows in: exposure counts and per-variant sums
+    (one hour's rows, built by the same scan a rebuild uses)."""
+    from flagship.experiments.store.reads import scan_variant_stats
+    from flagship.experiments.store.sums import SUMS
+    from flagship.experiments.store.tables import ExposureCountRecord, VariantSumsRecord
+
+    period = int(at.timestamp()) // 3600
+    names, counts = np.unique(variants, return_counts=True)
+    exposed = {str(v): int(n) for v, n in zip(names, counts)}
+    conn.execute(sa.insert(ExposureCountRecord.__table__), [
+        {"experiment_key": experiment, "variant": v, "epoch": 1, "period": period, "count": n}
+        for v, n in exposed.items()])
+    for metric in metrics:
+        scanned = scan_variant_stats(conn, experiment, metric, exposed)
+        conn.execute(sa.insert(VariantSumsRecord.__table__), [
+            {"experiment_key": experiment, "metric_key": metric.key, "variant": v, "period": period,
+             **dict(zip(SUMS, sums))} for v, sums in scanned.items()])
 
 
 def main() -> None:

@@ -387,9 +387,10 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
     if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute \
             or conn.dispatch.after_cursor_execute:
         return None
-    shape = tuple(rows[0])
-    if any(len(row) != len(shape) for row in rows):
+    first = rows[0].keys()
+    if any(row.keys() != first for row in rows):  # SQLAlchemy tells mismatched rows apart
         return None
+    shape = tuple(first)
     cache_key = (*key, shape)
     try:
         direct = _DIRECT[cache_key]
