@@ -28,6 +28,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "sqlite:///flagship.db",
             "SQLAlchemy URL of the store. SQLite file in the working folder by default; "
             "`postgresql+psycopg://user@host/db` for PostgreSQL."),
+    Setting("SQLITE_SYNCHRONOUS", "normal", "SQLite only: `normal` makes a commit survive a crash "
+            "of flagship (WAL); `full` also a power cut or OS crash, at the cost of an fsync per "
+            "commit."),
     Setting("REDIS_URL", "", "Redis for RQ jobs and sticky assignments. Unset: in-process jobs."),
     Setting("SECRET_KEY", "", "Signs UI sessions. Random per process when unset (sessions end on restart)."),
     Setting("ADMIN_KEY", "", "When set and no key exists, `serve` stores this as the first admin key."),
@@ -103,6 +106,10 @@ def load_config(overrides: Mapping[str, Any] | None = None,
         config[setting.name] = _coerce(setting, raw)
     _check_database_url(config["DATABASE_URL"])
     _check_redis_url(config["REDIS_URL"])
+    config["SQLITE_SYNCHRONOUS"] = str(config["SQLITE_SYNCHRONOUS"]).strip().lower()
+    if config["SQLITE_SYNCHRONOUS"] not in ("normal", "full"):
+        raise ConfigError("FLAGSHIP_SQLITE_SYNCHRONOUS must be normal or full, got "
+                          f"{config['SQLITE_SYNCHRONOUS']!r}")
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ConfigError(f"FLAGSHIP_LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
     if config["JOBS"] not in ("auto", "rq", "thread", "off"):

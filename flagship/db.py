@@ -40,15 +40,20 @@ class MetaRecord(SQLModel, table=True):
     snapshot_revision: int = Field(default=0)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the writer; busy_timeout makes concurrent writers
-    # from several server processes wait instead of failing with "database is locked".
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the writer; busy_timeout makes concurrent writers
+        # from several server processes wait instead of failing with "database is locked".
+        # synchronous: NORMAL under WAL keeps every commit through a crash of the process
+        # (the SIGKILL tests) and fsyncs at checkpoints; FULL fsyncs the WAL at each commit,
+        # so a commit also survives a power cut.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+    return apply
 
 
 def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -86,11 +91,11 @@ def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
-def make_engine(url: str, background_checkpoint: bool = False) -> Engine:
+def make_engine(url: str, background_checkpoint: bool = False, synchronous: str = "normal") -> Engine:
     """Create the engine for `url` with the per-backend settings flagship relies on."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         if background_checkpoint:
             event.listen(engine, "connect", _no_autocheckpoint)
         event.listen(engine, "connect", _no_driver_transactions)
@@ -111,12 +116,21 @@ class SqliteWriteLock:
     """
 
     def __init__(self, database_path: str | None, suffix: str = ".writelock") -> None:
-        self._thread_lock = threading.Lock()
         self._path = f"{database_path}{suffix}" if database_path else None
+        self._forked()
+
+    def _forked(self) -> None:
+        # A forked child (an RQ work-horse) must not share the parent's lock file
+        # description (flock would not exclude the two) nor a thread lock some parent
+        # thread held at the fork: it starts with its own.
+        self._pid = os.getpid()
+        self._thread_lock = threading.Lock()
         self._fd: int | None = None
 
     @contextmanager
     def hold(self) -> Iterator[None]:
+        if self._pid != os.getpid():
+            self._forked()
         with self._thread_lock:
             if self._path is None:
                 yield
@@ -144,12 +158,12 @@ class Database:
     """
 
     def __init__(self, url: str, background_checkpoint: bool = False,
-                 revision_check: float = 0.0) -> None:
+                 revision_check: float = 0.0, synchronous: str = "normal") -> None:
         self.url = url
         self.revision_check = revision_check
         self._commits = 0  # this process's commits that changed the revision
         self._known = (float("-inf"), -1, 0)  # (read at, self._commits then, revision)
-        self.engine = make_engine(url, background_checkpoint)
+        self.engine = make_engine(url, background_checkpoint, synchronous)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         path = self.engine.url.database if self.is_sqlite else None
         file_path = path if path and path != ":memory:" else None
@@ -208,8 +222,18 @@ class Database:
                 if held is not None and held[0] != os.getpid():
                     _INHERITED.append(held[1])  # never closed here: the parent's to close
                 held = self._writer_conn = (os.getpid(), self._write_engine.connect())
-            with held[1].begin():
-                yield held[1]
+            conn = held[1]
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                # a failed COMMIT (disk full, I/O error) ends SQLAlchemy's transaction but
+                # can leave SQLite's open, holding the database's write lock: drop the
+                # connection rather than wedge every later write, here and in other processes
+                if conn.connection.driver_connection.in_transaction:
+                    self._writer_conn = None
+                    conn.invalidate()
+                raise
 
     def batched(self, op: Callable[[sa.Connection], Any]) -> Any:
         """Run a small write through the group-commit writer; returns after its commit."""
@@ -251,7 +275,8 @@ class Database:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
-        held, self._writer_conn = self._writer_conn, None
+        with self.write_lock():  # not under a writer in the middle of its transaction
+            held, self._writer_conn = self._writer_conn, None
         if held is not None:
             if held[0] == os.getpid():
                 held[1].close()
@@ -363,8 +388,12 @@ class _Direct:
                                 for name in self.names)
 
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[name] if process is None else process(row[name])
-                     for name, process in zip(self.names, self.processors))
+        try:
+            return tuple(row[name] if process is None else process(row[name])
+                         for name, process in zip(self.names, self.processors))
+        except Exception as error:  # a value its type cannot store: as SQLAlchemy reports it
+            raise sa.exc.StatementError(f"({type(error).__name__}) {error}", self.sql, row,
+                                        error) from error
 
 
 _DIRECT: dict[tuple[Any, ...], _Direct | None] = {}
@@ -384,9 +413,9 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
     (tracing) or when the compiled statement wants a value the rows do not carry (a
     Python-side column default SQLAlchemy would fill in).
     """
-    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute \
-            or conn.dispatch.after_cursor_execute:
-        return None
+    if conn.dialect.name != "sqlite" or not conn.in_transaction() \
+            or conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
+        return None  # outside a transaction SQLAlchemy would autobegin; it must know
     first = rows[0].keys()
     if any(row.keys() != first for row in rows):  # SQLAlchemy tells mismatched rows apart
         return None
@@ -396,8 +425,11 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
         direct = _DIRECT[cache_key]
     except KeyError:
         compiled = statement.compile(dialect=conn.dialect, column_keys=list(shape))
+        plain = all(d["type"].dialect_impl(conn.dialect).result_processor(conn.dialect, None) is None
+                    for d in statement.returning_column_descriptions)  # rows come back as stored
         direct = _DIRECT[cache_key] = _Direct(compiled, conn.dialect) \
-            if compiled.positiontup is not None and set(compiled.positiontup) <= set(shape) else None
+            if plain and compiled.positiontup is not None and set(compiled.positiontup) <= set(shape) \
+            else None
     if direct is None:
         return None
     if not returning:

@@ -142,7 +142,8 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
                                   entry_points=config.get("ENTRY_POINTS", True))
     operators = operator_table(plugins)
     db = Database(config["DATABASE_URL"], background_checkpoint=server,
-                  revision_check=REVISION_CHECK_SECONDS if server else 0.0)
+                  revision_check=REVISION_CHECK_SECONDS if server else 0.0,
+                  synchronous=config["SQLITE_SYNCHRONOUS"])
     snapshots = SnapshotCache(db, operators, settle_gc=server)
     assignments = make_assignment_store(db, config["REDIS_URL"])
     runtime = Runtime(config=config, db=db, plugins=plugins, operators=operators,

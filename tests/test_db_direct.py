@@ -16,7 +16,7 @@ from flagship import db as dbmod
 from flagship.db import Database, insert_new, upsert
 from flagship.experiments.store.tables import EventCounterRecord, EventRecord
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 NOW = datetime(2026, 11, 30, 12, 30, 15, 123456, tzinfo=timezone.utc)
 
@@ -36,6 +36,7 @@ def _stored(db: Database, tag: str) -> list[tuple]:
         return [tuple(v for k, v in row._mapping.items() if k != "id") for row in rows]
 
 
+@SQLITE
 def test_direct_writes_store_what_sqlalchemy_stores(runtime, monkeypatch):
     db = runtime.db
     with db.write_connection() as conn:
@@ -55,6 +56,7 @@ def test_direct_writes_store_what_sqlalchemy_stores(runtime, monkeypatch):
     assert [raw[i][0:] for i in range(0, 8, 2)] == [raw[i][0:] for i in range(1, 8, 2)]
 
 
+@SQLITE
 def test_direct_insert_returns_only_new_rows_and_upsert_adds_once(runtime):
     db = runtime.db
     with db.write_connection() as conn:
@@ -71,6 +73,7 @@ def test_direct_insert_returns_only_new_rows_and_upsert_adds_once(runtime):
         assert conn.execute(sa.select(t.c.count).where(t.c.kind == "accepted")).scalar() == 7
 
 
+@SQLITE
 def test_direct_errors_are_sqlalchemy_errors(runtime):
     db = runtime.db
     with db.write_connection() as conn:
@@ -87,6 +90,7 @@ def test_direct_errors_are_sqlalchemy_errors(runtime):
             upsert(conn, table, [{"k": "x", "n": 1}], ["k"], add=("n",))
 
 
+@SQLITE
 def test_tracing_listeners_see_every_statement(runtime):
     """With a cursor listener (OpenTelemetry's SQLAlchemy instrumentation) the direct path
     steps aside, so every statement is traced."""
@@ -115,6 +119,7 @@ def _write(db: Database, tag: str) -> None:
     db.batched(lambda conn: insert_new(conn, EventRecord.__table__, rows, ("event_id",)))
 
 
+@SQLITE
 def test_the_writers_kept_connection_does_not_cross_a_fork(runtime):
     db = runtime.db
     _write(db, "parent1")  # the parent's writer connection is open now
@@ -132,3 +137,73 @@ def test_the_writers_kept_connection_does_not_cross_a_fork(runtime):
     _write(db, "parent2")  # the parent's connection still works after the child's writes
     assert db._writer_conn[1] is parent_conn
     assert _count_rows(db) == 3
+
+
+def test_a_failed_commit_does_not_wedge_the_writer(tmp_path):
+    """A COMMIT that fails (here a deferred foreign key; in life a full disk) must not leave
+    the kept connection inside SQLite's transaction, holding the write lock for good."""
+    import sqlite3
+
+    path = tmp_path / "wedge.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.write_connection() as conn:
+            conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            conn.exec_driver_sql("CREATE TABLE child (id INTEGER PRIMARY KEY, pid INTEGER "
+                                 "REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        child = sa.Table("child", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                         sa.Column("pid", sa.Integer))
+        with pytest.raises(sa.exc.IntegrityError):  # fails at COMMIT, not at the INSERT
+            db.batched(lambda conn: insert_new(conn, child, [{"id": 1, "pid": 99}]))
+        db.batched(lambda conn: insert_new(conn, child, [{"id": 2, "pid": None}]))  # writes again
+        other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # and nobody holds the database's write lock
+        other.execute("ROLLBACK")
+        assert other.execute("SELECT id FROM child").fetchall() == [(2,)]
+        other.close()
+    finally:
+        db.dispose()
+
+
+def test_the_write_lock_is_a_childs_own_after_fork(tmp_path):
+    """An RQ work-horse forks while a thread of the parent may hold the write lock: the
+    child must not inherit that thread lock (it would wait forever) nor the parent's lock
+    file description (flock would not keep the two apart)."""
+    import threading
+    import time
+
+    from flagship.db import SqliteWriteLock
+
+    lock = SqliteWriteLock(str(tmp_path / "forked.db"))
+    with lock.hold():  # the parent holds it across the fork
+        pid = os.fork()
+        if pid == 0:
+            got = threading.Event()
+            threading.Thread(target=lambda: lock.hold().__enter__() and None or got.set(),
+                             daemon=True).start()
+            early = got.wait(0.3)  # the parent still holds it: excluded
+            late = got.wait(10)  # the parent let go: ours now
+            os._exit(0 if (not early and late) else 3)
+        time.sleep(0.6)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("normal", 1), ("full", 2)])
+def test_sqlite_synchronous_follows_the_setting(tmp_path, setting, pragma):
+    from flagship.runtime import make_runtime
+
+    runtime = make_runtime({"DATABASE_URL": f"sqlite:///{tmp_path / 'sync.db'}",
+                            "SQLITE_SYNCHRONOUS": setting.upper()})
+    try:
+        with runtime.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+    finally:
+        runtime.close()
+
+
+def test_an_unknown_synchronous_setting_is_refused():
+    from flagship.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="FLAGSHIP_SQLITE_SYNCHRONOUS must be normal or full"):
+        load_config({"SQLITE_SYNCHRONOUS": "off"})

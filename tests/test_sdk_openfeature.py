@@ -103,7 +103,9 @@ def test_every_type_resolves_with_reason_variant_and_metadata(server: Server, sd
     exp = of.get_string_details("of-exp-flag", "x", EvaluationContext("unit-7"))
     assert exp.reason == Reason.SPLIT and exp.value in ("c", "t")
     assert exp.flag_metadata["experiment"] == "of-exp"
-    assert kinds(events)[:1] == [ProviderEvent.PROVIDER_READY]
+    # handlers hear provider events from the SDK's own dispatch, which may trail
+    # set_provider_and_wait by a moment
+    assert wait_for(lambda: kinds(events)[:1] == [ProviderEvent.PROVIDER_READY], 5)
 
 
 @pytest.mark.parametrize(("method", "flag", "default", "code"), [

@@ -74,3 +74,12 @@ def test_unknown_experiment_csrf_and_escaping(ui: UI, api: Any) -> None:
     assert len(api("get", "/experiments/btn/alerts")["rules"]) == 3
     bad = ui.post("/ui/experiments/btn/alerts", {"rules": json.dumps([{"kind": XSS}])}, status=422).text
     assert XSS not in bad and "&lt;script&gt;" in bad
+
+
+def test_another_environments_experiment_is_not_shown_here(ui: UI, api: Any) -> None:
+    _experiment(ui, api)
+    api("post", "/environments", {"key": "staging", "name": "Staging", "colour": "#1a7f37"}, 201)
+    page = ui.get("/ui/experiments/btn/alerts?env=staging", status=404).text
+    assert "is in environment &#39;production&#39;" in page
+    ui.post("/ui/experiments/btn/alerts?env=staging", {"rules": "[]"}, status=404)
+    assert len(api("get", "/experiments/btn/alerts")["rules"]) == 3

@@ -93,3 +93,13 @@ def test_state_changes_need_the_csrf_token(ui: UI, api: Any) -> None:
     assert ui.post("/ui/flags/checkout/schedule", {"at": "2030-05-01T10:00", "change.action": "enable"},
                    csrf=False).status_code == 400
     assert api("get", "/flags/checkout/schedule") == []
+
+
+def test_a_rule_a_rollout_is_ramping_is_not_offered(ui: UI, api: Any) -> None:
+    _flag(api, ui, rules=[RAMP, {"id": "other", "kind": "rollout", "variant": "on", "percentage": 1}])
+    rollout = api("post", "/rollouts", {"flag": "checkout", "rule_id": "ramp", "policy": {
+        "steps": [{"percent": 5, "min_duration": "1h", "min_units": 10}], "evaluation_interval": "1m"}}, 201)
+    api("post", f"/rollouts/{rollout['id']}/start")
+    assert api("get", "/flags/checkout")["rules"][0]["params"]["rollout"] == rollout["id"]
+    page = ui.get("/ui/flags/checkout/schedule").text
+    assert '<option value="other"' in page and '<option value="ramp"' not in page

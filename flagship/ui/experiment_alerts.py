@@ -14,6 +14,7 @@ from flagship.errors import FlagshipError
 from flagship.rollout import alerting
 from flagship.rollout.alerts import KINDS
 from flagship.ui.base import Errors, actor, bp, errors_from, flash_message, link, redirect_to, render, runtime
+from flagship.ui.experiments import experiment_in_env
 
 # what each kind watches, and its fields (with their defaults), for the hint beside the form
 KIND_HELP = {
@@ -56,6 +57,7 @@ def _page(key: str, text: str | None, errors: Errors | None = None, status: int 
 @bp.route("/experiments/<key>/alerts", methods=["GET", "POST"])
 def experiment_alerts(key: str) -> Any:
     """The experiment's alert rules and unresolved alerts; POST replaces the rule set."""
+    experiment_in_env(key)  # 404 in another environment, as every experiment screen
     if request.method == "GET":
         return _page(key, None)
     text = request.form.get("rules", "")

@@ -21,9 +21,11 @@ ACTION_NAMES = {"enable": "Turn on", "disable": "Turn off", "set_percentage": "S
 
 
 def percent_rules(flag: dict[str, Any]) -> list[tuple[str, str]]:
-    """(rule id, label) of the rules a change may set the percentage of."""
+    """(rule id, label) of the rules a change may set the percentage of (not those a
+    rollout is ramping: the rollout owns their percentage)."""
     return [(rule["id"], f"{rule['id']} ({rule['kind']}, now {rule.get('percentage', 0):g} %)")
-            for rule in flag["rules"] if rule.get("kind") in schedule.PERCENT_KINDS]
+            for rule in flag["rules"] if rule.get("kind") in schedule.PERCENT_KINDS
+            and (rule.get("params") or {}).get("rollout") is None]
 
 
 def describe(change: dict[str, Any]) -> str:

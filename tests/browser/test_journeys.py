@@ -86,7 +86,8 @@ def test_a_flag_from_creation_to_kill_switch_rollout_and_audit(page: Any, ui_ser
     assert evaluate(ui_server, "browser-flag", {"key": "u1", "country": "NL"})["reason"] == "DISABLED"
     page.go_back()
     page.wait_for_url(re.compile(r".*/ui/flags(\?env=production)?$"))
-    assert page.get_by_label("Search key and description").input_value() == ""
+    # htmx restores the page from its history cache after the URL changed: wait for it
+    expect(page.get_by_label("Search key and description")).to_have_value("")
     page.get_by_role("switch", name="Kill switch of browser-flag").click()
     page.locator('#flag-row-browser-flag [aria-checked="true"]').wait_for()
     assert evaluate(ui_server, "browser-flag", {"key": "u1", "country": "NL"})["value"] is True

@@ -345,6 +345,8 @@ def catch_up(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -
     write-lock hand-offs with the ingesting requests) for a handful of rows each; they
     wait for the next call instead.
     """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     total = 0
     while True:
         done = run_round(db, batch, late_after)
