@@ -146,6 +146,9 @@ def periodic_round(runtime: Runtime, slot: int | None = None) -> dict[str, Any]:
     rules, deliver notifications. Each part failing is logged; the others still run."""
     from flagship.rollout.evaluation import evaluate_all
 
+    from flagship import telemetry
+
+    started = time.monotonic()
     slot = slot_of(runtime) if slot is None else slot
     report: dict[str, Any] = {"slot": slot}
     parts: list[tuple[str, Callable[[], Any]]] = [
@@ -160,6 +163,7 @@ def periodic_round(runtime: Runtime, slot: int | None = None) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - one part must never stop the round
             log.exception("periodic round %s: %s failed", slot, name)
             report[name] = "error"
+    telemetry.count_round(report, time.monotonic() - started)
     return report
 
 

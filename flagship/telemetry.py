@@ -48,6 +48,49 @@ AGGREGATION_LAST_SUCCESS = Gauge("flagship_aggregation_last_success_timestamp_se
 REDIS_DEGRADED = Gauge("flagship_redis_degraded",
                        "1 while Redis is unreachable and sticky assignments are served from SQL",
                        multiprocess_mode="livemax")
+ROUND_SECONDS = Histogram("flagship_round_duration_seconds",
+                          "Duration of one periodic round (rollouts, schedules, alerts, notifications)",
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+ROUND_FAILURES = Counter("flagship_round_part_failures",
+                         "Parts of a periodic round that raised (the others still ran), by part",
+                         ["part"])
+ROLLOUT_EVALUATIONS = Counter("flagship_rollout_evaluations",
+                              "Rollout evaluations by outcome: the decision (hold, advance, "
+                              "complete, rollback, ...), skipped (slot already taken) or error",
+                              ["outcome"])
+SCHEDULED_CHANGES = Counter("flagship_scheduled_changes", "Scheduled flag changes run, by outcome",
+                            ["outcome"])
+ALERT_CHANGES = Counter("flagship_alert_changes", "Alerts opened or resolved (or rules that failed "
+                        "to evaluate), by change", ["change"])
+NOTIFICATIONS = Counter("flagship_notifications", "Outbox events handled, by outcome (delivered, "
+                        "failed: retried later, abandoned, ...)", ["outcome"])
+NOTIFIER_FAILURES = Counter("flagship_notifier_failures", "Notifier calls that raised, by notifier",
+                            ["notifier"])
+
+
+def count_round(report: dict[str, object], seconds: float) -> None:
+    """Count what one periodic round did (`flagship.jobs.periodic_round`'s report)."""
+    ROUND_SECONDS.observe(seconds)
+    for part, value in report.items():
+        if value == "error":
+            ROUND_FAILURES.labels(part).inc()
+    for outcome, n in _tally(report.get("rollouts")).items():
+        ROLLOUT_EVALUATIONS.labels(outcome).inc(n)
+    for outcome, n in _tally(report.get("notifications")).items():
+        if outcome != "claimed" and n:
+            NOTIFICATIONS.labels(outcome).inc(n)
+    for item in _items(report.get("alerts")):
+        ALERT_CHANGES.labels(str(item.get("change"))).inc()
+    for item in _items(report.get("scheduled_changes")):
+        SCHEDULED_CHANGES.labels(str(item.get("outcome") or item.get("status"))).inc()
+
+
+def _items(value: object) -> list[dict]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _tally(value: object) -> dict[str, int]:
+    return {str(k): int(n) for k, n in value.items() if isinstance(n, int)} if isinstance(value, dict) else {}
 
 
 class FlagLabels:

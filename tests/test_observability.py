@@ -57,6 +57,45 @@ def test_metrics_need_an_admin_key_and_count_requests_evaluations_and_events(api
     assert _sample(text, "flagship_snapshot_revision") >= 1
 
 
+
+def test_the_periodic_round_counts_rollouts_schedules_alerts_and_notifications(api, client, admin, runtime):
+    import types
+    from datetime import timedelta
+
+    from flagship import jobs
+    from flagship.hookspecs import hookimpl
+
+    broken = types.ModuleType("pager")
+    broken.notify = hookimpl(lambda event: (_ for _ in ()).throw(ConnectionError("pager is down")))
+    runtime.plugins.register(broken, name="pager")
+    api("post", "/flags", boolean_flag("ramped", rules=[{"id": "ramp", "kind": "rollout", "variant": "on",
+                                                         "percentage": 0}]), 201)
+    rollout = api("post", "/rollouts", {"flag": "ramped", "rule_id": "ramp", "policy": {
+        "steps": [{"percent": 10, "min_duration": "1h", "min_units": 100}], "evaluation_interval": "1m"}}, 201)
+    api("post", f"/rollouts/{rollout['id']}/start")
+    api("post", "/flags", boolean_flag("later", enabled=False), 201)
+    now = runtime.clock()
+    api("post", "/flags/later/schedule", {"at": (now + timedelta(minutes=5)).isoformat(),
+                                          "change": {"action": "enable"}}, 201)
+    before = client.get("/metrics", headers=admin).get_data(as_text=True)
+    runtime.clock = lambda: now + timedelta(minutes=10)
+    report = jobs.periodic_round(runtime)
+    text = client.get("/metrics", headers=admin).get_data(as_text=True)
+
+    def delta(name: str, **labels: str) -> float:
+        return _sample(text, name, **labels) - _sample(before, name, **labels)
+
+    assert delta("flagship_round_duration_seconds_count") == 1
+    decided = report["rollouts"]
+    assert sum(decided.values()) == 1
+    outcome = next(iter(decided))
+    assert delta("flagship_rollout_evaluations_total", outcome=outcome) == 1
+    assert delta("flagship_scheduled_changes_total", outcome="applied") == 1
+    assert report["notifications"]["failed"] >= 1  # every event so far failed the pager
+    assert delta("flagship_notifications_total", outcome="failed") == report["notifications"]["failed"]
+    assert delta("flagship_notifier_failures_total", notifier="pager") >= report["notifications"]["failed"]
+    assert _sample(text, "flagship_round_part_failures_total") == 0
+
 def test_a_metrics_token_replaces_the_admin_key(database_url):
     app = make_app(database_url, METRICS_TOKEN="scrape-secret")
     try:

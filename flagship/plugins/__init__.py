@@ -77,6 +77,9 @@ def call_notifiers(pm: pluggy.PluginManager, event: dict[str, Any],
             impl.function(*[arguments[name] for name in impl.argnames])
         except Exception as exc:  # noqa: BLE001 - one notifier must never block another
             failures[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
+            from flagship import telemetry  # here: `serve` picks the metrics mode before import
+
+            telemetry.NOTIFIER_FAILURES.labels(impl.plugin_name).inc()
     return failures
 
 
