@@ -344,6 +344,16 @@ def _finish(record: ExperimentRecord, outcome: str, now: datetime) -> None:
     record.status, record.ranges, record.ended_at = outcome, [], now
 
 
+def _end(tx: Tx, runtime: Runtime, record: ExperimentRecord, outcome: str, now: datetime) -> None:
+    """Finish without a release: the experiment's rule leaves its flag (a revision of the
+    flag, like any change), so a finished experiment never pins the flag; its data and
+    results stay with the experiment."""
+    _finish(record, outcome, now)
+    if flag_store.get_flag(tx.session, record.flag_key, record.environment) is not None:
+        flags.rewrite_flag(tx, runtime, record.flag_key, record.environment,
+                           _drop(load_experiment(record.document).rule_id), "experiment")
+
+
 def transition(runtime: Runtime, actor: str, key: str, action: str,
                outcome: str = "completed") -> dict[str, Any]:
     """start | pause | resume | stop; an illegal move is a 409 naming the current state."""
@@ -360,7 +370,7 @@ def transition(runtime: Runtime, actor: str, key: str, action: str,
         else:
             if outcome not in FINISHED:
                 raise ValidationError("must be completed or terminated", field="outcome")
-            _finish(record, outcome, tx.now)
+            _end(tx, runtime, record, outcome, tx.now)
         _revise(tx, record, action, before)
         return experiment_view(record)
 
@@ -378,7 +388,7 @@ def complete_ended(runtime: Runtime, now: datetime) -> list[str]:
             if record.status not in ACTIVE:
                 continue  # someone else finished it meanwhile
             before = _state_doc(record)
-            _finish(record, "completed", now)
+            _end(tx, runtime, record, "completed", now)
             _revise(tx, record, "complete", before)
             done.append(key)
     return done

@@ -1,0 +1,70 @@
+"""A finished experiment never pins its flag: stopping it (or reaching its end) takes its
+inert rule off the flag, as a revision of the flag; releasing swaps in the release rule.
+Migration 0010 does the same for experiments that finished before."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from flagship.experiments.service import complete_ended
+from tests.test_environment_migration import _upgrade
+from tests.test_experiments_api import colour_flag, experiment
+
+
+def _started(api, key="exp-a", **extra):
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    api("post", "/experiments", experiment(key, **extra), 201)
+    api("post", f"/experiments/{key}/start")
+
+
+@pytest.mark.parametrize("outcome", ["completed", "terminated"])
+def test_stopping_takes_the_rule_off_and_the_flag_can_be_deleted(api, outcome):
+    _started(api)
+    assert [r["kind"] for r in api("get", "/flags/colour")["rules"]] == ["experiment"]
+    api("delete", "/flags/colour", status=409)  # still running: it pins the flag
+    api("post", "/experiments/exp-a/stop", {"outcome": outcome})
+    flag = api("get", "/flags/colour")
+    assert flag["rules"] == [] and flag["updated_by"] == "key:test-admin"
+    revisions = api("get", "/flags/colour/revisions")["items"]
+    assert revisions[0]["action"] == "experiment"  # the flag's history says why it changed
+    assert api("get", "/experiments/exp-a")["status"] == outcome  # kept, with its results
+    api("get", "/experiments/exp-a/results")
+    api("delete", "/flags/colour", status=204)
+
+
+def test_reaching_the_end_takes_the_rule_off(api, runtime):
+    now = runtime.clock()
+    _started(api, end_at=(now + timedelta(hours=1)).isoformat())
+    assert complete_ended(runtime, now + timedelta(hours=2)) == ["exp-a"]
+    assert api("get", "/flags/colour")["rules"] == []
+    assert api("get", "/flags/colour")["updated_by"] == "system:schedule"
+
+
+def test_a_release_keeps_its_release_rule(api):
+    _started(api)
+    api("post", "/experiments/exp-a/release", {"variant": "blue", "percentage": 100})
+    assert [r["kind"] for r in api("get", "/flags/colour")["rules"]] == ["release"]
+    api("delete", "/flags/colour", status=204)  # the released winner is the flag's own rule
+
+
+def test_migration_0010_detaches_experiments_finished_before(api, runtime, database_url):
+    _started(api)
+    api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
+    rule = {"id": "exp-exp-a", "kind": "experiment", "params": {"experiment": "exp-a"}}
+    with runtime.db.engine.begin() as conn:  # the state an older version left behind
+        flags = sa.table("flags", sa.column("key", sa.String), sa.column("document", sa.JSON))
+        document = conn.execute(sa.select(flags.c.document).where(flags.c.key == "colour")).scalar()
+        conn.execute(sa.update(flags).where(flags.c.key == "colour")
+                     .values(document={**document, "rules": [rule]}))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0009'"))
+        before = conn.execute(sa.text("SELECT snapshot_revision FROM meta")).scalar()
+    runtime.db.dispose()
+    _upgrade(database_url, "head")
+    with runtime.db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT snapshot_revision FROM meta")).scalar() == before + 1
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010"
+    assert api("get", "/flags/colour")["rules"] == []
+    api("delete", "/flags/colour", status=204)
