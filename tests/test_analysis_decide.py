@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from flagship.experiments.analysis import decide
 from flagship.experiments.model import Experiment, GuardrailMetric, Metric, Variant
@@ -21,11 +22,14 @@ METRICS = {"conv": Metric(key="conv", name="conv", event="buy", kind="conversion
            "lat": Metric(key="lat", name="lat", event="page", kind="mean", direction="decrease")}
 
 
-def comparison(variant, diff, p, significant=None, guardrail=None, adjusted=None):
+def comparison(variant, diff, p, significant=None, guardrail=None, adjusted=None, always=None):
+    """`always`: the always-valid adjusted p-value (significant below 0.05)."""
     c = {"variant": variant, "difference": diff, "p_value": p}
     if significant is not None:
         c["significant"] = significant
         c["adjusted_p_value"] = p if adjusted is None else adjusted
+    if always is not None:
+        c["always_valid"] = {"p_value": always, "adjusted_p_value": always, "significant": always < 0.05}
     if guardrail is not None:
         c["guardrail"] = {"status": guardrail}
     return c
@@ -50,10 +54,18 @@ HALF = {"a": 600, "b": 500, "c": 400}
     ("a breached guardrail stops a winner",
      report(conv=[comparison("b", 0.05, 0.001, True)], lat=[comparison("c", 9, 0.001, guardrail="breached")]),
      NO_SRM, FULL, "stop", "guardrail lat breached by c"),
-    ("a significant improvement of the primary metric ships",
+    ("at the planned sample a significant improvement of the primary metric ships",
      report(conv=[comparison("b", 0.05, 0.001, True), comparison("c", 0.02, 0.01, True)],
             lat=[comparison("b", -1, 0.3, guardrail="ok")]),
-     NO_SRM, HALF, "ship", "b improves conv"),
+     NO_SRM, FULL, "ship", "b improves conv (adjusted p = 0.001 at the planned sample)"),
+    ("before it, only the always-valid test calls a winner",
+     report(conv=[comparison("b", 0.05, 0.001, True, always=0.01), comparison("c", 0.02, 0.01, True, always=0.2)]),
+     NO_SRM, HALF, "ship", "b improves conv (always-valid adjusted p = 0.01, conclusive at any look)"),
+    ("an early fixed-horizon significance is a lead, not a winner",
+     report(conv=[comparison("b", 0.05, 0.001, True, always=0.2)]),
+     NO_SRM, HALF, "keep_running", "b leads on conv (adjusted p = 0.001), but before the planned sample"),
+    ("an early lead without an always-valid estimate yet is not a winner either",
+     report(conv=[comparison("b", 0.05, 0.001, True)]), NO_SRM, HALF, "keep_running", "400 of 1000 units"),
     ("a significant drop is not a winner; futility once every arm has the sample",
      report(conv=[comparison("b", -0.05, 0.001, True)]), NO_SRM, FULL, "stop_for_futility",
      "every variant reached 1000 units"),
@@ -74,8 +86,28 @@ def test_decision_precedence(title, case, srm, counts, want, reason):
 
 def test_the_best_of_several_winners_ships():
     r = report(conv=[comparison("b", 0.02, 0.001, True), comparison("c", 0.05, 0.004, True)])
-    got = decide.decide(r, METRICS, ["conv"], NO_SRM, experiment(), HALF)
+    got = decide.decide(r, METRICS, ["conv"], NO_SRM, experiment(), FULL)
     assert (got["action"], got["variant"]) == ("ship", "c")
+
+
+def test_without_a_planned_sample_only_the_always_valid_test_calls_a_winner():
+    early = report(conv=[comparison("b", 0.05, 0.0001, True, always=0.3)])
+    got = decide.decide(early, METRICS, ["conv"], NO_SRM, experiment(minimum_sample_size=0), FULL)
+    assert got["action"] == "keep_running" and "b leads on conv" in got["reason"]
+    sure = report(conv=[comparison("b", 0.05, 0.0001, True, always=0.001)])
+    assert decide.decide(sure, METRICS, ["conv"], NO_SRM, experiment(minimum_sample_size=0), FULL)["action"] == "ship"
+
+
+def test_the_always_valid_family_is_adjusted_like_the_fixed_one():
+    r = report(conv=[comparison("b", 0.05, 0.01), comparison("c", 0.02, 0.02)],
+               rev=[comparison("b", 1.0, 0.03), comparison("c", 1.0, 0.04)])
+    for c, p in zip(r["conv"]["comparisons"] + r["rev"]["comparisons"], (0.011, 0.02, 0.2, 0.04)):
+        c["always_valid"] = {"p_value": p}
+    decide.adjust(r, ["conv", "rev"], experiment(multiple_testing="holm"))
+    holm = multipletests([0.011, 0.02, 0.2, 0.04], method="holm")[1]
+    got = [c["always_valid"]["adjusted_p_value"] for c in r["conv"]["comparisons"] + r["rev"]["comparisons"]]
+    assert got == pytest.approx(list(holm), rel=1e-12)
+    assert [c["always_valid"]["significant"] for c in r["conv"]["comparisons"]] == [p < 0.05 for p in holm[:2]]
 
 
 def test_without_a_minimum_sample_there_is_no_futility():
@@ -87,12 +119,11 @@ def test_without_a_minimum_sample_there_is_no_futility():
 def test_a_decrease_metric_improves_downwards():
     metrics = {**METRICS, "conv": Metric(key="conv", name="conv", event="x", kind="sum", direction="decrease")}
     r = report(conv=[comparison("b", -2.0, 0.001, True)])
-    assert decide.decide(r, metrics, ["conv"], NO_SRM, experiment(), HALF)["action"] == "ship"
+    assert decide.decide(r, metrics, ["conv"], NO_SRM, experiment(), FULL)["action"] == "ship"
 
 
 @pytest.mark.parametrize("method", ["holm", "bonferroni", "bh", "by", "none"])
 def test_the_family_is_success_metrics_times_treatments(method):
-    from statsmodels.stats.multitest import multipletests
 
     r = report(conv=[comparison("b", 0.01, 0.01), comparison("c", 0.01, 0.04)],
                rev=[comparison("b", 1, 0.02), comparison("c", 1, 0.5)],

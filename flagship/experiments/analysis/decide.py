@@ -71,6 +71,14 @@ def adjust(report: Mapping[str, dict[str, Any]], success: Sequence[str], experim
     for comparison, p in zip(family, adjusted):
         comparison["adjusted_p_value"] = float(p)
         comparison["significant"] = bool(p < experiment.significance_level)
+    # the always-valid p-values of the same family, adjusted the same way (a correction for
+    # multiple tests holds for any valid p-values, these are valid at every look)
+    monitored = [c for c in family if "p_value" in (c.get("always_valid") or {})]
+    ps = [c["always_valid"]["p_value"] for c in monitored]
+    adjusted = ps if method == "none" or not monitored else list(engine.adjust_p_values(ps, method))
+    for comparison, p in zip(monitored, adjusted):
+        comparison["always_valid"]["adjusted_p_value"] = float(p)
+        comparison["always_valid"]["significant"] = bool(p < experiment.significance_level)
     for entry in report.values():
         for comparison in entry["comparisons"]:
             if entry["role"] == "guardrail" and "p_value" in comparison and "significant" not in comparison:
@@ -82,26 +90,48 @@ def decide(report: Mapping[str, dict[str, Any]], metrics: Mapping[str, Metric], 
            counts: Mapping[str, int]) -> dict[str, Any]:
     """What to do, in precedence order: investigate an SRM, stop on a breached guardrail,
     ship a significant improvement of the primary metric, stop for futility once every
-    variant reached the minimum sample, else keep running."""
+    variant reached the minimum sample, else keep running.
+
+    Which test may call a winner depends on when one looks. At or past the planned sample
+    (`minimum_sample_size` in every variant), the fixed-horizon test it was planned for.
+    Before it, or with no planned sample, only the always-valid test: the dashboard is
+    looked at again and again, and a fixed-horizon p-value checked at every look finds a
+    "winner" in about a quarter of A/A tests (`flagship aa-test`), while the always-valid
+    one keeps its error rate at any look.
+    """
     if srm_result.get("mismatch"):
         return {"action": "investigate", "reason": srm_result["warning"]}
     for entry in report.values():
         for c in entry["comparisons"]:
             if c.get("guardrail", {}).get("status") == "breached":
                 return {"action": "stop", "reason": f"guardrail {entry['metric']} breached by {c['variant']}"}
-    if success:
-        primary = report[success[0]]
-        winners = [c for c in primary["comparisons"]
-                   if c.get("significant") and is_improvement(metrics[success[0]], c)]
-        if winners:
-            best = max(winners, key=lambda c: abs(c["difference"]))
-            return {"action": "ship", "variant": best["variant"],
-                    "reason": f"{best['variant']} improves {success[0]} "
-                              f"(adjusted p = {best['adjusted_p_value']:.3g})"}
     needed = experiment.minimum_sample_size
     smallest = min((counts.get(n, 0) for n in experiment.variant_names), default=0)
-    if needed and smallest >= needed:
+    planned = bool(needed) and smallest >= needed
+    early: list[dict[str, Any]] = []  # significant by the fixed test only, before the plan
+    if success:
+        primary = report[success[0]]
+        improving = [c for c in primary["comparisons"] if is_improvement(metrics[success[0]], c)]
+        if planned:
+            winners = [c for c in improving if c.get("significant")]
+        else:
+            winners = [c for c in improving if (c.get("always_valid") or {}).get("significant")]
+            early = [c for c in improving if c.get("significant") and c not in winners]
+        if winners:
+            best = max(winners, key=lambda c: abs(c["difference"]))
+            evidence = (f"adjusted p = {best['adjusted_p_value']:.3g} at the planned sample" if planned
+                        else f"always-valid adjusted p = {best['always_valid']['adjusted_p_value']:.3g},"
+                             " conclusive at any look")
+            return {"action": "ship", "variant": best["variant"],
+                    "reason": f"{best['variant']} improves {success[0]} ({evidence})"}
+    if planned:
         return {"action": "stop_for_futility",
                 "reason": f"every variant reached {needed} units without a significant improvement"}
     progress = f"{smallest} of {needed} units per variant" if needed else f"{smallest} units in the smallest variant"
+    if early:
+        lead = max(early, key=lambda c: abs(c["difference"]))
+        return {"action": "keep_running",
+                "reason": f"{lead['variant']} leads on {success[0]} (adjusted p = "
+                          f"{lead['adjusted_p_value']:.3g}), but before the planned sample only the "
+                          f"always-valid test may call it ({progress})"}
     return {"action": "keep_running", "reason": f"no conclusive result yet ({progress})"}
