@@ -339,3 +339,39 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+def test_a_plugin_operator_the_client_lacks_errs_only_where_it_is_reached(caplog) -> None:
+    """The server has a plugin's operator, this client does not: the snapshot still loads
+    (refusing it would freeze the client, kill switches included); flags reaching the
+    unknown condition answer ERROR with the reason, earlier rules and other flags work."""
+    import logging
+
+    from flagship import Snapshot
+    from flagship.flags.model import flag_from_dict
+    from flagship.flags.operators import default_operators
+    from tests.plugins.even_operator import register_operators
+
+    with_plugin = {**default_operators(), **{op.name: op for op in register_operators()}}
+    rules = [{"id": "vip", "kind": "force", "variant": "on",
+              "conditions": [{"attribute": "plan", "operator": "eq", "values": ["vip"]}]},
+             {"id": "even", "kind": "force", "variant": "on",
+              "conditions": [{"attribute": "age", "operator": "is_even", "values": []}]}]
+    flags = [flag_from_dict({"key": "plugged", "type": "boolean", "variants": {"on": True, "off": False},
+                             "default_variant": "off", "rules": rules}, with_plugin),
+             flag_from_dict({"key": "plain", "type": "boolean", "variants": {"on": True, "off": False},
+                             "default_variant": "on"}, with_plugin)]
+    doc = Snapshot(7, flags, operators=with_plugin).to_dict()
+    caplog.set_level(logging.WARNING, logger="flagship.sdk")
+    with Client(DEAD_URL, "k", bootstrap=doc, **FAST) as client:
+        assert client.ready(0.3) and client.revision == 7
+        assert client.bool_value("plain", {"key": "u"}, False) is True
+        assert client.evaluate("plugged", {"key": "u", "plan": "vip", "age": 4}).rule_id == "vip"
+        assert client.evaluate("plugged", {"key": "u", "plan": "free"}).variant == "off"  # no age: no match
+        reached = client.evaluate("plugged", {"key": "u", "plan": "free", "age": 4})
+        assert (reached.reason, reached.error_code) == ("ERROR", "GENERAL")
+        assert "is_even" in reached.error_message
+        assert client.bool_value("plugged", {"key": "u", "age": 4}, True) is True  # the caller's default
+    assert "operator 'is_even', which this client does not have" in caplog.text
+    with Client(DEAD_URL, "k", bootstrap=doc, operators=with_plugin, **FAST) as client:
+        assert client.bool_value("plugged", {"key": "u", "age": 4}, False) is True  # with the plugin: evaluated

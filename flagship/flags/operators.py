@@ -52,3 +52,36 @@ def default_operators() -> dict[str, Operator]:
     from flagship.flags.builtin_operators import builtin_operators
 
     return build_operator_table([builtin_operators()])
+
+
+class OperatorUnavailable(LookupError):
+    """A condition names an operator this process does not have (a plugin the server has)."""
+
+
+def placeholder(name: str) -> Operator:
+    """Stands in for an operator this process does not have, so one flag using a plugin's
+    operator does not make the whole snapshot unusable: a condition using it raises when it
+    is evaluated on a present attribute (the flag answers ERROR with the reason, its
+    earlier rules and every other flag still evaluate). Without the attribute the condition
+    does not match, as for most operators."""
+    def match(value: Any, prepared: Any) -> bool:
+        raise OperatorUnavailable(f"operator {name!r} is not available here (install the plugin "
+                                  "that provides it and pass its operators)")
+    return Operator(name, compile=lambda values: values, match=match,
+                    description="not available in this process")
+
+
+def operators_used(document: Any) -> set[str]:
+    """The operator names the conditions of a flags/segments document use (anywhere in it)."""
+    found: set[str] = set()
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("operator")
+            if isinstance(name, str) and "attribute" in node:
+                found.add(name)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
