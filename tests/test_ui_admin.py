@@ -70,6 +70,29 @@ def test_layers_show_the_allocation_map_as_a_10000_bucket_bar(ui: UI, api: Any) 
     assert "already exists" in duplicate
 
 
+
+def test_a_layer_is_renamed_with_its_version_and_deleted_once_empty(ui: UI, api: Any) -> None:
+    ui.post("/ui/layers", {"key": "main", "name": "Main"}, status=303)
+    version = api("get", "/layers/main")["version"]
+    ui.post("/ui/layers/main", {"name": "Checkout", "description": "<b>bold</b>", "version": str(version)},
+            status=303)
+    layer = api("get", "/layers/main")
+    assert (layer["name"], layer["description"]) == ("Checkout", "<b>bold</b>")
+    assert audit(ui.runtime, action="layer.update")[0]["actor"] == "ui:alice"
+    assert "&lt;b&gt;bold&lt;/b&gt;" in ui.get("/ui/layers/main").text
+    stale = ui.post("/ui/layers/main", {"name": "Old", "description": "", "version": str(version)}, status=409).text
+    assert "This layer was changed by ui:alice" in stale and api("get", "/layers/main")["name"] == "Checkout"
+    api("post", "/metrics", {"key": "m", "event": "e", "kind": "conversion"}, 201)
+    api("post", "/experiments", {"key": "a", "flag": "flag-a", "layer": "main", "traffic_percentage": 10,
+                                 "variants": [{"variant": "x", "value": 1, "is_control": True},
+                                              {"variant": "y", "value": 2}]}, 201)
+    refused = ui.post("/ui/layers/main/delete", status=409).text
+    assert "holds draft experiments: a" in refused
+    api("delete", "/experiments/a", status=204)
+    assert ui.post("/ui/layers/main/delete", csrf=False).status_code == 400  # CSRF first
+    ui.post("/ui/layers/main/delete", status=303)
+    api("get", "/layers/main", status=404)
+
 def test_metrics_create_edit_delete(ui: UI, api: Any) -> None:
     bad = ui.post("/ui/metrics/-/new", {"key": "rev", "event": "purchase", "kind": "ratio"}, status=422).text
     assert "needs the event it divides by" in field_error(bad, "denominator_event")

@@ -183,12 +183,33 @@ def layers() -> Any:
                   status=_status(errors))
 
 
-@bp.route("/layers/<key>")
+@bp.route("/layers/<key>", methods=["GET", "POST"])
 def layer_detail(key: str) -> Any:
-    """A layer's 10,000 buckets: who owns which ranges, what is free, what was released."""
+    """A layer's 10,000 buckets: who owns which ranges, what is free, what was released;
+    POST renames it or changes its description (saved with the version it was loaded at)."""
     layer = layer_service.get_layer(runtime(), key)
-    return render("ui/layers/detail.html", section="ui.layers", layer=layer,
-                  bar=allocation_bar(layer))
+    errors = Errors()
+    state = {"name": layer["name"], "description": layer["description"], "version": str(layer["version"])}
+    if request.method == "POST":
+        state = {name: request.form.get(name, "").strip() for name in state}
+        version = forms.number(state["version"], "version", errors, integer=True)
+        if not errors:
+            patch = {"description": state["description"], **({"name": state["name"]} if state["name"] else {})}
+            done, errors = _save(lambda: layer_service.update_layer(runtime(), actor(), key, patch, version),
+                                 f"Layer {key} saved.", link("ui.layer_detail", key=key))
+            if done is not None:
+                return done
+            errors = _stale(errors, lambda: layer_service.get_layer(runtime(), key))
+    return render("ui/layers/detail.html", section="ui.layers", layer=layer, bar=allocation_bar(layer),
+                  state=state, errors=errors, status=_status(errors))
+
+
+@bp.route("/layers/<key>/delete", methods=["POST"])
+def layer_delete(key: str) -> Any:
+    """Delete a layer that holds no active or draft experiment (else they are named)."""
+    layer_service.delete_layer(runtime(), actor(), key)
+    flash_message(f"Layer {key} deleted.")
+    return redirect_to(link("ui.layers"))
 
 
 # -- metrics ------------------------------------------------------------------------------
