@@ -108,9 +108,10 @@ def notify(event: dict[str, Any], runtime: Any) -> None:
             (``flag.update``, ``experiment.start``...; the event carries ``audit``, the audit
             record with ``before`` and ``after``), a rollout event (``rollout.started,
             step.advanced, rollout.holding, rollout.resumed, approval.required,
-            rollout.rolled_back, rollout.completed, rollout.paused, rollout.aborted,
-            check.failed, check.error, check.no_data``; with the rollout, the transition and
-            the check evidence), ``alert.opened`` / ``alert.resolved`` (with ``alert``: rule,
+            rollout.reminder, rollout.rolled_back, rollout.completed, rollout.paused,
+            rollout.aborted, check.failed, check.error, check.no_data``; with the rollout,
+            the transition and the check evidence; ``rollout.reminder`` retells a hold or a
+            pending approval every ``reminder_interval`` of the policy), ``alert.opened`` / ``alert.resolved`` (with ``alert``: rule,
             subject, kind, severity, evidence) or ``schedule.failed`` (with ``schedule``).
         runtime: the :class:`flagship.runtime.Runtime` of the delivering process (its
             database, clock and configuration), or None when called outside one. Declare

@@ -406,3 +406,40 @@ def test_random_evaluations_never_jump_and_never_leave_a_terminal_state(
         if state.status in TERMINAL:
             assert decision.state == state
         state = decision.state
+
+
+# -- reminders: a hold that lasts is told again, at most every reminder_interval --------------
+
+def test_a_lasting_hold_is_reminded_at_most_every_interval() -> None:
+    policy = make_policy(reminder_interval="1h")
+    first = decide(policy, running(), results(latency="fail"), 100.0, units=500)
+    assert first.events[-1] == "rollout.holding" and first.state.reminded_at == 100.0
+    quiet = decide(policy, first.state, results(latency="fail"), 100.0 + 3599, units=500)
+    assert "rollout.reminder" not in quiet.events and quiet.state.reminded_at == 100.0
+    reminded = decide(policy, quiet.state, results(latency="fail"), 100.0 + 3600, units=500)
+    assert reminded.action == "hold" and reminded.events == ("rollout.reminder",)
+    assert reminded.state.reminded_at == 3700.0 and reminded.state_patch["reminded_at"] == 3700.0
+    again = decide(policy, reminded.state, results(latency="fail"), 3700.0 + 1800, units=500)
+    assert "rollout.reminder" not in again.events
+
+
+def test_a_pending_approval_is_reminded_and_leaving_the_hold_clears_the_clock() -> None:
+    policy = make_policy(reminder_interval=3600, steps=[
+        {"percent": 10, "min_duration": 60, "min_units": 100, "approval": True},
+        {"percent": 50, "min_duration": 60, "min_units": 100}])
+    asked = decide(policy, running(), results(), 100.0, units=500)
+    assert asked.events == ("approval.required",) and asked.state.reminded_at == 100.0
+    later = decide(policy, asked.state, results(), 100.0 + 3600, units=500)
+    assert later.events == ("rollout.reminder",)
+    approved = replace(later.state, approved_step=0)
+    moved = decide(policy, approved, results(), 100.0 + 3700, units=500)
+    assert moved.action == "advance" and moved.state.reminded_at is None
+
+
+def test_reminders_can_be_turned_off_and_are_bounded() -> None:
+    policy = make_policy(reminder_interval=0)
+    held = decide(policy, running(), results(latency="fail"), 100.0, units=500)
+    assert "rollout.reminder" not in decide(policy, held.state, results(latency="fail"), 10**7, units=500).events
+    with pytest.raises(ValidationError, match="reminder_interval"):
+        make_policy(reminder_interval="10s")
+    assert make_policy().reminder_interval == 86400.0

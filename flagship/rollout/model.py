@@ -36,7 +36,8 @@ MAX_DURATION = 365 * 86400.0
 DEFAULT_ON_FAIL = {"blocking": "rollback", "health": "hold", "signal": "notify"}
 
 _POLICY_FIELDS = ("key", "evaluation_interval", "steps", "completion", "advance_on",
-                  "min_consecutive_ok", "max_step_duration", "no_data", "error_limit", "checks")
+                  "min_consecutive_ok", "max_step_duration", "no_data", "error_limit", "checks",
+                  "reminder_interval")
 _STEP_FIELDS = ("percent", "percentage", "min_duration", "min_units", "approval")
 _CHECK_FIELDS = ("id", "type", "severity", "on_fail", "failure_limit", "params")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
@@ -114,6 +115,7 @@ class Policy:
     error_limit: int = 4
     completion: Completion = Completion()
     key: str | None = None
+    reminder_interval: float = 86400.0  # a long hold or a pending approval: remind this often (0: never)
 
     def check(self, check_id: str) -> CheckSpec | None:
         """The check with this id, or None."""
@@ -137,6 +139,7 @@ class RolloutState:
     dismissed: frozenset[str] = frozenset()
     awaiting_approval: bool = False
     notified: frozenset[str] = frozenset()  # edge markers already sent this step
+    reminded_at: float | None = None  # when a hold or an approval was last told about
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready document of the state."""
@@ -146,7 +149,7 @@ class RolloutState:
                 "error_streak": dict(self.error_streak),
                 "first_no_data_at": self.first_no_data_at, "approved_step": self.approved_step,
                 "dismissed": sorted(self.dismissed), "awaiting_approval": self.awaiting_approval,
-                "notified": sorted(self.notified)}
+                "notified": sorted(self.notified), "reminded_at": self.reminded_at}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RolloutState:
@@ -161,7 +164,8 @@ class RolloutState:
 
 
 _STATE_SCALARS = ("status", "attempt", "step_index", "percent_bp", "step_started_at",
-                  "consecutive_ok", "first_no_data_at", "approved_step", "awaiting_approval")
+                  "consecutive_ok", "first_no_data_at", "approved_step", "awaiting_approval",
+                  "reminded_at")
 
 
 # -- durations -------------------------------------------------------------------------
@@ -400,7 +404,18 @@ def policy_from_dict(doc: Any, guardrails: Mapping[str, Guardrail]) -> Policy:
         error_limit=_int(_get(doc, "error_limit", "", 4), "error_limit", 0, 1000),
         completion=_completion(_get(doc, "completion", "", {}), steps[-1]),
         key=key,
+        reminder_interval=_reminder(doc.get("reminder_interval")),
     )
+
+
+def _reminder(value: Any) -> float:
+    """`reminder_interval`: how often a long hold or a pending approval is notified again."""
+    if value is None:
+        return 86400.0
+    seconds = _duration(value, "reminder_interval")
+    if seconds != 0 and not 60 <= seconds <= 30 * 86400:
+        _fail("reminder_interval", f"must be 0 (never) or from 1 min to 30 days, got {seconds:g} s")
+    return seconds
 
 
 def check_to_dict(check: CheckSpec) -> dict[str, Any]:
@@ -425,6 +440,7 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
         "no_data": {"grace": json_number(policy.no_data.grace),
                     "action": policy.no_data.action},
         "error_limit": policy.error_limit,
+        "reminder_interval": json_number(policy.reminder_interval),
         "checks": [check_to_dict(check) for check in policy.checks],
     })
     return doc

@@ -248,7 +248,34 @@ def decide(policy: Policy, state: RolloutState, results: Iterable[CheckResult], 
 
     ``units`` is the sample gate: units first exposed in this step in the smaller compared
     arm (``guardrails.sample_units``); None means unknown, which never satisfies a gate.
+    A rollout stuck holding or waiting for an approval is told about again
+    (``rollout.reminder``) every ``policy.reminder_interval`` seconds.
     """
+    decision = _decide(policy, state, results, now, units)
+    return _remind(policy, state, decision, now) if state.status in ACTIVE else decision
+
+
+def _remind(policy: Policy, state: RolloutState, decision: Decision, now: float) -> Decision:
+    """Edge-triggered events tell a hold or a pending approval once; a hold that lasts is
+    told again at most every ``reminder_interval`` (``reminded_at`` keeps the last time)."""
+    after, events = decision.state, list(decision.events)
+    stuck = decision.action == "hold" and (after.status == "holding" or after.awaiting_approval)
+    if not stuck:
+        reminded = None
+    elif {"rollout.holding", "approval.required"} & set(events) or after.reminded_at is None:
+        reminded = now  # just told (or stuck since before reminders existed): the clock starts
+    elif policy.reminder_interval and now - after.reminded_at >= policy.reminder_interval:
+        reminded, events = now, events + ["rollout.reminder"]
+    else:
+        return decision
+    if reminded == after.reminded_at and events == list(decision.events):
+        return decision
+    return _decision(state, decision.action, decision.reasons, replace(after, reminded_at=reminded),
+                     events, decision.notices)
+
+
+def _decide(policy: Policy, state: RolloutState, results: Iterable[CheckResult], now: float,
+            units: int | None) -> Decision:
     if state.status not in ACTIVE:
         return _decision(state, "hold", [Reason("inactive", f"the rollout is {state.status}")],
                          state)
