@@ -22,14 +22,18 @@ METRICS = {"conv": Metric(key="conv", name="conv", event="buy", kind="conversion
            "lat": Metric(key="lat", name="lat", event="page", kind="mean", direction="decrease")}
 
 
-def comparison(variant, diff, p, significant=None, guardrail=None, adjusted=None, always=None):
-    """`always`: the always-valid adjusted p-value (significant below 0.05)."""
+def comparison(variant, diff, p, significant=None, guardrail=None, adjusted=None, always=None, sequence=None):
+    """`always`: the always-valid adjusted p-value (significant below 0.05); `sequence`: its
+    confidence sequence (by default around `diff`, excluding 0 when significant)."""
     c = {"variant": variant, "difference": diff, "p_value": p}
     if significant is not None:
         c["significant"] = significant
         c["adjusted_p_value"] = p if adjusted is None else adjusted
     if always is not None:
-        c["always_valid"] = {"p_value": always, "adjusted_p_value": always, "significant": always < 0.05}
+        if sequence is None:
+            sequence = sorted([diff / 2, diff * 1.5]) if always < 0.05 else [-abs(diff), abs(diff)]
+        c["always_valid"] = {"p_value": always, "adjusted_p_value": always, "significant": always < 0.05,
+                             "confidence_sequence": sequence}
     if guardrail is not None:
         c["guardrail"] = {"status": guardrail}
     return c
@@ -167,3 +171,18 @@ def test_srm_per_weight_epoch_equals_scipy(counts, epochs, mismatch):
 def test_srm_without_units_is_not_checked():
     assert decide.srm(experiment(), {}, []) == {"checked": False, "mismatch": False, "warning": None,
                                                 "observed": {"a": 0, "b": 0, "c": 0}}
+
+
+def test_an_old_always_valid_p_value_never_ships_a_lead_that_reversed():
+    """The always-valid p-value is a running minimum: it stays small after the estimate
+    turned; the confidence sequence (a running intersection) says which side it is on."""
+    reversed_lead = report(conv=[comparison("b", 0.015, 0.01, True, always=0.0005, sequence=[-0.020, -0.012])])
+    got = decide.decide(reversed_lead, METRICS, ["conv"], NO_SRM, experiment(), HALF)
+    assert got["action"] == "keep_running"
+
+
+def test_a_member_without_an_always_valid_value_still_counts_in_the_family():
+    r = report(conv=[comparison("b", 0.05, 0.01), comparison("c", 0.02, 0.02)])
+    r["conv"]["comparisons"][0]["always_valid"] = {"p_value": 0.02}
+    decide.adjust(r, ["conv"], experiment(multiple_testing="bonferroni"))
+    assert r["conv"]["comparisons"][0]["always_valid"]["adjusted_p_value"] == pytest.approx(0.04)

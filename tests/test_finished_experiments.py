@@ -68,3 +68,25 @@ def test_migration_0010_detaches_experiments_finished_before(api, runtime, datab
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010"
     assert api("get", "/flags/colour")["rules"] == []
     api("delete", "/flags/colour", status=204)
+
+
+def test_history_never_brings_a_finished_experiments_rule_back(api):
+    _started(api)
+    during = api("get", "/flags/colour")["version"]  # a revision with the experiment's rule
+    api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
+    restored = api("post", f"/flags/colour/revisions/{during}/restore", {})  # live flag
+    assert restored["rules"] == []
+    api("delete", "/flags/colour", status=204)
+    recreated = api("post", f"/flags/colour/revisions/{during}/restore", {})  # re-created flag
+    assert recreated["rules"] == []
+    api("delete", "/flags/colour", status=204)  # not pinned
+
+
+def test_restoring_an_older_revision_keeps_a_running_experiments_rule(api):
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    first = api("get", "/flags/colour")["version"]
+    api("post", "/experiments", experiment(), 201)
+    api("post", "/experiments/exp-a/start")
+    restored = api("post", f"/flags/colour/revisions/{first}/restore", {})
+    assert [r["kind"] for r in restored["rules"]] == ["experiment"]  # still running: kept

@@ -378,8 +378,20 @@ def restore_revision(runtime: Runtime, actor: str, key: str, version: int,
             raise NotFoundError(f"flag {key!r} has no revision {version} in environment {environment!r}")
         record = store.get_flag(tx.session, key, environment)
         if record is not None:
-            return flag_view(update_flag(tx, runtime, record, old.document, expected, "restore"))
-        return flag_view(_recreate(tx, runtime, key, environment, old.document))
+            restored = _with_managed_of(old.document, record.document)
+            return flag_view(update_flag(tx, runtime, record, restored, expected, "restore"))
+        return flag_view(_recreate(tx, runtime, key, environment, _with_managed_of(old.document, None)))
+
+
+def _with_managed_of(doc: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """`doc` with the managed (experiment) rules of `current` instead of its own: history
+    never brings an experiment's rule back (the experiments service places and removes
+    them; a finished experiment's rule left the flag for good), nor drops a running one."""
+    rules = [r for r in doc.get("rules", []) if not (isinstance(r, dict) and r.get("kind") in MANAGED_KINDS)]
+    for index, rule in enumerate((current or {}).get("rules", [])):
+        if isinstance(rule, dict) and rule.get("kind") in MANAGED_KINDS:
+            rules.insert(min(index, len(rules)), rule)
+    return {**doc, "rules": rules}
 
 
 def _recreate(tx: Tx, runtime: Runtime, key: str, environment: str, doc: dict[str, Any]) -> FlagRecord:
@@ -388,7 +400,8 @@ def _recreate(tx: Tx, runtime: Runtime, key: str, environment: str, doc: dict[st
     for env in store.environment_keys(tx.session):
         last = store.revision(tx.session, key, env, store.last_revision_version(tx.session, key, env))
         source = canonical if env == environment else (
-            {**last.document, **definition(canonical)} if last is not None else _other_environment(canonical))
+            _with_managed_of({**last.document, **definition(canonical)}, None) if last is not None
+            else _other_environment(canonical))
         document = _canonical_flag(runtime, tx.session, source, env) if env != environment else canonical
         version = store.last_revision_version(tx.session, key, env) + 1
         record = FlagRecord(key=key, environment=env, version=version, created_at=tx.now,

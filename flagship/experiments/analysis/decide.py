@@ -72,13 +72,14 @@ def adjust(report: Mapping[str, dict[str, Any]], success: Sequence[str], experim
         comparison["adjusted_p_value"] = float(p)
         comparison["significant"] = bool(p < experiment.significance_level)
     # the always-valid p-values of the same family, adjusted the same way (a correction for
-    # multiple tests holds for any valid p-values, these are valid at every look)
-    monitored = [c for c in family if "p_value" in (c.get("always_valid") or {})]
-    ps = [c["always_valid"]["p_value"] for c in monitored]
-    adjusted = ps if method == "none" or not monitored else list(engine.adjust_p_values(ps, method))
-    for comparison, p in zip(monitored, adjusted):
-        comparison["always_valid"]["adjusted_p_value"] = float(p)
-        comparison["always_valid"]["significant"] = bool(p < experiment.significance_level)
+    # multiple tests holds for any valid p-values, these are valid at every look); a member
+    # without one yet counts as p = 1, so the family never shrinks
+    ps = [(c.get("always_valid") or {}).get("p_value", 1.0) for c in family]
+    adjusted = ps if method == "none" or not family else list(engine.adjust_p_values(ps, method))
+    for comparison, p in zip(family, adjusted):
+        if "p_value" in (comparison.get("always_valid") or {}):
+            comparison["always_valid"]["adjusted_p_value"] = float(p)
+            comparison["always_valid"]["significant"] = bool(p < experiment.significance_level)
     for entry in report.values():
         for comparison in entry["comparisons"]:
             if entry["role"] == "guardrail" and "p_value" in comparison and "significant" not in comparison:
@@ -111,11 +112,12 @@ def decide(report: Mapping[str, dict[str, Any]], metrics: Mapping[str, Metric], 
     early: list[dict[str, Any]] = []  # significant by the fixed test only, before the plan
     if success:
         primary = report[success[0]]
-        improving = [c for c in primary["comparisons"] if is_improvement(metrics[success[0]], c)]
+        metric = metrics[success[0]]
+        improving = [c for c in primary["comparisons"] if is_improvement(metric, c)]
         if planned:
             winners = [c for c in improving if c.get("significant")]
         else:
-            winners = [c for c in improving if (c.get("always_valid") or {}).get("significant")]
+            winners = [c for c in improving if _sequentially_better(metric, c)]
             early = [c for c in improving if c.get("significant") and c not in winners]
         if winners:
             best = max(winners, key=lambda c: abs(c["difference"]))
@@ -135,3 +137,18 @@ def decide(report: Mapping[str, dict[str, Any]], metrics: Mapping[str, Metric], 
                           f"{lead['adjusted_p_value']:.3g}), but before the planned sample only the "
                           f"always-valid test may call it ({progress})"}
     return {"action": "keep_running", "reason": f"no conclusive result yet ({progress})"}
+
+
+def _sequentially_better(metric: Metric, comparison: Mapping[str, Any]) -> bool:
+    """The always-valid test is significant and its confidence sequence lies wholly on the
+    metric's good side. The always-valid p-value is a running minimum and carries no
+    direction; the sequence (a running intersection) does, so a lead that reversed since
+    cannot be shipped on an old p-value."""
+    sequential = comparison.get("always_valid") or {}
+    bounds = sequential.get("confidence_sequence")
+    if not sequential.get("significant") or not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        return False
+    low, high = bounds
+    if low is None or high is None:
+        return False
+    return low > 0 if metric.direction == "increase" else high < 0
