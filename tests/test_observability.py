@@ -86,15 +86,13 @@ def test_the_periodic_round_counts_rollouts_schedules_alerts_and_notifications(a
         return _sample(text, name, **labels) - _sample(before, name, **labels)
 
     assert delta("flagship_round_duration_seconds_count") == 1
-    decided = report["rollouts"]
-    assert sum(decided.values()) == 1
-    outcome = next(iter(decided))
-    assert delta("flagship_rollout_evaluations_total", outcome=outcome) == 1
+    assert report["rollouts"] == {"hold": 1}  # 10 minutes into a step that must run an hour
+    assert delta("flagship_rollout_evaluations_total", outcome="hold") == 1
     assert delta("flagship_scheduled_changes_total", outcome="applied") == 1
     assert report["notifications"]["failed"] >= 1  # every event so far failed the pager
     assert delta("flagship_notifications_total", outcome="failed") == report["notifications"]["failed"]
     assert delta("flagship_notifier_failures_total", notifier="pager") >= report["notifications"]["failed"]
-    assert _sample(text, "flagship_round_part_failures_total") == 0
+    assert "error" not in report.values()  # so no part failure was counted either
 
 def test_a_metrics_token_replaces_the_admin_key(database_url):
     app = make_app(database_url, METRICS_TOKEN="scrape-secret")
@@ -209,6 +207,18 @@ def _refused(port: int, headers: dict[str, str], chunks: Any) -> int:
     raise AssertionError("the oversized chunked body never got an answer")
 
 
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a log being written (a partial last line is skipped)."""
+    found = []
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
 @pytest.mark.xdist_group("serve")
 def test_serve_with_two_workers_adds_metrics_up_and_logs_json(tmp_path: Path):
     port, key = _free_port(), "fsk_admin_observability_test_key"
@@ -229,16 +239,27 @@ def test_serve_with_two_workers_adds_metrics_up_and_logs_json(tmp_path: Path):
             except OSError:
                 time.sleep(0.2)
         assert _request(port, "POST", "/api/v1/flags", boolean_flag("f"), headers)[0] == 201
-        sent = 120
+        sent = 0
 
         def client(offset: int) -> None:
-            for i in range(sent // 6):
+            for i in range(20):
                 assert _request(port, "POST", "/api/v1/evaluate",
                                 {"context": {"key": f"u{offset}-{i}"}}, headers)[0] == 200
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        def serving() -> set[int]:
+            return {line["pid"] for line in _json_lines(tmp_path / "serve.log")
+                    if line.get("route") == "/api/v1/evaluate"}
+
+        # the kernel hands connections to whichever worker accepts first: send rounds of
+        # concurrent requests until both workers have served some (the point is the sum)
+        for round_ in range(20):
+            threads = [threading.Thread(target=client, args=(round_ * 6 + n,)) for n in range(6)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            sent += 120
+            log.flush()
+            if len(serving()) == 2:
+                break
 
         def chunks() -> Any:
             for _ in range(2048):
@@ -254,8 +275,7 @@ def test_serve_with_two_workers_adds_metrics_up_and_logs_json(tmp_path: Path):
         server.terminate()
         server.wait(30)
         log.close()
-    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
-             if line.startswith("{")]
+    lines = _json_lines(tmp_path / "serve.log")
     pids = {line["pid"] for line in lines if line.get("route") == "/api/v1/evaluate"}
     assert len(pids) == 2, "both workers served evaluations"
     assert sum(1 for line in lines if line.get("route") == "/api/v1/evaluate") == sent
