@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 from flagship.errors import ValidationError
 from flagship.flags.model import Condition, Flag, Rule, Segment
-from flagship.flags.operators import Operator
+from flagship.flags.operators import Operator, UnavailableOperator
 
 # OpenFeature resolution reasons and error codes.
 DISABLED, TARGETING_MATCH, SPLIT, DEFAULT, ERROR = (
@@ -137,6 +137,12 @@ def compile_condition(condition: Condition, operators: Mapping[str, Operator],
     operator = operators.get(condition.operator or "")
     if operator is None:
         raise ValidationError(f"unknown operator {condition.operator!r}", field="operator")
+    if isinstance(operator, UnavailableOperator):  # reached: the evaluation answers ERROR
+        error = operator.fail()
+
+        def unavailable(ctx: Context, unit: str | None) -> bool:
+            raise error
+        return unavailable
     prepared = operator.compile(list(condition.values))
     match, negate, attribute = operator.match, condition.negate, condition.attribute
     missing = _missing_result(operator, prepared, negate)

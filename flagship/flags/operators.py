@@ -58,17 +58,25 @@ class OperatorUnavailable(LookupError):
     """A condition names an operator this process does not have (a plugin the server has)."""
 
 
+@dataclass(frozen=True)
+class UnavailableOperator(Operator):
+    """Stands in for an operator this process does not have (see `placeholder`)."""
+
+    def fail(self) -> OperatorUnavailable:
+        return OperatorUnavailable(f"operator {self.name!r} is not available here (install the "
+                                   "plugin that provides it and pass its operators)")
+
+
 def placeholder(name: str) -> Operator:
     """Stands in for an operator this process does not have, so one flag using a plugin's
-    operator does not make the whole snapshot unusable: a condition using it raises when it
-    is evaluated on a present attribute (the flag answers ERROR with the reason, its
-    earlier rules and every other flag still evaluate). Without the attribute the condition
-    does not match, as for most operators."""
+    operator does not make the whole snapshot unusable: a condition using it raises
+    whenever an evaluation reaches it, attribute present or not (we cannot know how the
+    real operator treats either), so the flag answers ERROR with the reason while its
+    earlier rules and every other flag still evaluate."""
     def match(value: Any, prepared: Any) -> bool:
-        raise OperatorUnavailable(f"operator {name!r} is not available here (install the plugin "
-                                  "that provides it and pass its operators)")
-    return Operator(name, compile=lambda values: values, match=match,
-                    description="not available in this process")
+        raise OperatorUnavailable(f"operator {name!r} is not available here")
+    return UnavailableOperator(name, compile=lambda values: values, match=match,
+                               description="not available in this process")
 
 
 def operators_used(document: Any) -> set[str]:
