@@ -66,7 +66,12 @@ def test_migration_0010_detaches_experiments_finished_before(api, runtime, datab
     with runtime.db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT snapshot_revision FROM meta")).scalar() == before + 1
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0010"
-    assert api("get", "/flags/colour")["rules"] == []
+    flag = api("get", "/flags/colour")
+    assert flag["rules"] == [] and flag["updated_by"] == "system:migration"
+    latest = api("get", "/flags/colour/revisions")["items"][0]
+    assert (latest["version"], latest["actor"], latest["action"]) == (flag["version"], "system:migration", "experiment")
+    assert api("get", "/audit?actor=system:migration")["items"][0]["target"] == "colour"
+    api("post", f"/flags/colour/revisions/{latest['version']}/restore", {})  # history is consistent
     api("delete", "/flags/colour", status=204)
 
 
