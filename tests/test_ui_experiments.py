@@ -213,3 +213,23 @@ def test_dashboard_sections_can_be_registered(ui: UI) -> None:
         assert "<h2>Open alerts</h2>" in page and "none in production" in page
     finally:
         home.SECTIONS.remove(section)
+
+
+def test_the_dashboard_verdict_is_the_decision_of_the_results(ui: UI, api: Any, sdk: Any) -> None:
+    """The verdict cell reads the same looks as /results, so both say the same thing even
+    on an early look (where only the always-valid test may call a winner)."""
+    setup_catalog(api)
+    ui.post("/ui/experiments/-/new", {**FORM, "minimum_sample_size": "100000"}, status=303)
+    ui.post("/ui/experiments/btn/start", status=303)
+    traffic(api, sdk, "btn", 4000, {"blue": 0.10, "green": 0.20})
+    from flagship.jobs import aggregate
+
+    aggregate(ui.runtime)
+    decision = api("get", "/experiments/btn/results")["decision"]
+    verdict = ui.get("/ui/experiments/btn/verdict", htmx=True).text
+    import html
+
+    from flagship.experiments.report import decision_text
+
+    assert decision["action"] == "ship"  # 4,000 of 100,000: the always-valid test is already sure
+    assert html.escape(decision_text(decision)) in verdict

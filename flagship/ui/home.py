@@ -65,7 +65,7 @@ def experiment_verdict(key: str) -> Any:
     after the page, so the dashboard stays fast with many experiments)."""
     experiment_in_env(key)
     try:
-        analysis = results.analyse(results.read(runtime(), key, with_looks=False))
+        analysis = results.analyse(results.read(runtime(), key))  # the looks: the same decision as results
     except FlagshipError as err:
         return render("ui/_verdict.html", "ui/_verdict.html", error=err.message, key=key)
     return render("ui/_verdict.html", "ui/_verdict.html", key=key, srm=analysis["srm"],
