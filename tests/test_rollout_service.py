@@ -185,3 +185,35 @@ def test_the_lease_lets_one_process_run_the_round(runtime, setup):
     assert jobs.take_lease(runtime, "round", "a", 60) is True  # renewal
     setup["now"] += timedelta(seconds=61)
     assert jobs.take_lease(runtime, "round", "b", 60) is True  # expired: b takes over
+
+
+def test_a_pending_approval_is_reminded_without_a_new_transition(api, runtime, setup):
+    clock = setup
+    policy = {"evaluation_interval": INTERVAL, "min_consecutive_ok": 1, "reminder_interval": "1h",
+              "steps": [{"percent": 10, "min_duration": 60, "min_units": 0, "approval": True},
+                        {"percent": 50, "min_duration": 60, "min_units": 0}]}
+    created = api("post", "/rollouts", {"flag": "checkout", "rule_id": "ramp", "policy": policy}, 201)
+    api("post", f"/rollouts/{created['id']}/start")
+
+    def events(kind):
+        with runtime.db.session() as session:
+            return session.scalars(sa.select(OutboxRecord).where(OutboxRecord.type == kind)).all()
+
+    def transitions():
+        with runtime.db.session() as session:
+            return session.scalar(sa.select(sa.func.count()).select_from(TransitionRecord)
+                                  .where(TransitionRecord.rollout_id == created["id"]))
+
+    for _ in range(3):  # the step's minute passes, then it waits for a human
+        move(runtime, clock, INTERVAL)
+        round_(runtime, clock)
+    assert len(events("approval.required")) == 1 and not events("rollout.reminder")
+    before = transitions()
+    move(runtime, clock, 3600)
+    round_(runtime, clock)
+    reminders = events("rollout.reminder")
+    assert len(reminders) == 1 and transitions() == before  # told again, nothing transitioned
+    assert reminders[0].payload["rollout"]["id"] == created["id"]
+    move(runtime, clock, INTERVAL)
+    round_(runtime, clock)
+    assert len(events("rollout.reminder")) == 1  # not again within the hour

@@ -40,6 +40,9 @@ class Reads:
     step_units: dict[str, dict[str, int]]
 
 
+QUIET_EVENTS = frozenset({"rollout.reminder"})  # events that are not transitions
+
+
 def _metric_keys(policy: Policy) -> set[str]:
     return {c.params["metric"] for c in policy.checks if "metric" in c.params}
 
@@ -125,10 +128,12 @@ class _Work:
 
     @property
     def moves(self) -> bool:
+        """A transition to record (status, step or percentage changed, or an event besides a
+        reminder); a reminder alone is written with the quiet evaluations."""
         after, before = self.decision.state, self.state
-        return bool(self.decision.events) or (after.status, after.percent_bp, after.step_index,
-                                              after.attempt) != (before.status, before.percent_bp,
-                                                                 before.step_index, before.attempt)
+        return bool(set(self.decision.events) - QUIET_EVENTS) or (
+            after.status, after.percent_bp, after.step_index, after.attempt) != (
+            before.status, before.percent_bp, before.step_index, before.attempt)
 
 
 def _compute(runtime: Runtime, data: Reads, work: _Work, now: datetime) -> None:
@@ -170,11 +175,25 @@ def _write_quiet(runtime: Runtime, quiet: list[_Work], slot: int) -> dict[str, i
                           for w in counters])
             current = dict(conn.execute(sa.select(r.c.id, r.c.version).where(
                 r.c.id.in_([w.record.id for w in counters]))).all())
-    stale = {w.record.id for w in counters if current.get(w.record.id) != w.record.version + 1}
+        stale = {w.record.id for w in counters if current.get(w.record.id) != w.record.version + 1}
+        for work in counters:  # a hold or approval that lasts: told again (not a transition)
+            if work.record.id not in stale and "rollout.reminder" in work.decision.events:
+                _remind(tx, work)
     for work in quiet:
         outcome = "error" if work.error else ("superseded" if work.record.id in stale else work.decision.action)
         tally[outcome] = tally.get(outcome, 0) + 1
     return tally
+
+
+def _remind(tx: Any, work: _Work) -> None:
+    state = work.decision.state
+    view = {**service.rollout_view(work.record), "state": state.to_dict(), "status": state.status}
+    reasons = [r.to_dict() for r in work.decision.reasons]
+    tx.emit("rollout.reminder", {"rollout": view, "transition": {
+        "action": "hold", "from_status": work.state.status, "to_status": state.status,
+        "from_percentage": work.state.percent_bp / 100, "to_percentage": state.percent_bp / 100,
+        "reasons": reasons}, "evidence": [r.to_dict() for r in work.results]},
+        environment=work.record.environment)
 
 
 def _write_move(runtime: Runtime, work: _Work, slot: int) -> str:
