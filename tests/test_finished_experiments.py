@@ -95,3 +95,30 @@ def test_restoring_an_older_revision_keeps_a_running_experiments_rule(api):
     api("post", "/experiments/exp-a/start")
     restored = api("post", f"/flags/colour/revisions/{first}/restore", {})
     assert [r["kind"] for r in restored["rules"]] == ["experiment"]  # still running: kept
+
+
+def test_one_experiment_that_cannot_end_does_not_stop_the_others(api, runtime, monkeypatch):
+    from flagship.experiments import service
+
+    now = runtime.clock()
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    api("post", "/flags", {"key": "size", "type": "string", "variants": {"s": "S", "l": "L"},
+                           "default_variant": "s"}, 201)
+    api("post", "/experiments", experiment("exp-a", traffic=10, end_at=(now + timedelta(hours=1)).isoformat()), 201)
+    api("post", "/experiments", {**experiment("exp-b", flag="size", traffic=10,
+                                              end_at=(now + timedelta(hours=1)).isoformat()),
+                                 "variants": [{"variant": "s", "is_control": True}, {"variant": "l"}]}, 201)
+    api("post", "/experiments/exp-a/start")
+    api("post", "/experiments/exp-b/start")
+    real = service._end
+
+    def broken(tx, rt, record, outcome, at):
+        if record.key == "exp-a":
+            raise RuntimeError("its flag no longer validates")
+        return real(tx, rt, record, outcome, at)
+    monkeypatch.setattr(service, "_end", broken)
+    assert complete_ended(runtime, now + timedelta(hours=2)) == ["exp-b"]
+    assert api("get", "/experiments/exp-a")["status"] == "running"  # tried again next round
+    monkeypatch.setattr(service, "_end", real)
+    assert complete_ended(runtime, now + timedelta(hours=2)) == ["exp-a"]

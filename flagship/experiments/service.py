@@ -5,6 +5,7 @@ Layers are in `layers.py`, metric definitions in `metrics.py`.
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import datetime
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from flagship.flags import service as flags
 from flagship.flags import store as flag_store
 from flagship.flags.bucketing import check_percentage
 from flagship.runtime import Runtime, Tx
+
+log = logging.getLogger(__name__)
 
 TRANSITIONS = {"start": ("draft",), "pause": ("running",), "resume": ("paused",),
                "stop": ACTIVE, "release": ACTIVE, "complete": ACTIVE}
@@ -383,14 +386,18 @@ def complete_ended(runtime: Runtime, now: datetime) -> list[str]:
                if (end := load_experiment(r.document).end_at) is not None and end <= now]
     done = []
     for key in due:
-        with runtime.change("system:schedule") as tx:
-            record = _require(tx.session, key, lock=True)
-            if record.status not in ACTIVE:
-                continue  # someone else finished it meanwhile
-            before = _state_doc(record)
-            _end(tx, runtime, record, "completed", now)
-            _revise(tx, record, "complete", before)
-            done.append(key)
+        try:
+            with runtime.change("system:schedule") as tx:
+                record = _require(tx.session, key, lock=True)
+                if record.status not in ACTIVE:
+                    continue  # someone else finished it meanwhile
+                before = _state_doc(record)
+                _end(tx, runtime, record, "completed", now)
+                _revise(tx, record, "complete", before)
+                done.append(key)
+        except Exception:  # noqa: BLE001 - one experiment (say, its flag no longer validates)
+            # must not stop the others; it is tried again on the next round
+            log.exception("completing experiment %s at its end_at failed", key)
     return done
 
 
