@@ -136,3 +136,20 @@ def test_api_keys_show_the_secret_once_and_revoke(ui: UI, api: Any) -> None:
     ui.post("/ui/keys/web/revoke", status=303)
     assert verify_key(ui.runtime, secret) is None
     assert "revoked" in ui.get("/ui/keys").text
+
+
+def test_a_layer_of_another_environment_is_not_edited_here_nor_by_a_key_bound_elsewhere(
+        ui: UI, api: Any, client: Any, runtime: Any) -> None:
+    from flagship.auth import create_key
+
+    api("post", "/environments", {"key": "staging", "name": "Staging", "colour": "#1a7f37"}, 201)
+    ui.post("/ui/layers", {"key": "main", "name": "Main"}, status=303)  # production
+    assert "is in environment &#39;production&#39;" in ui.get("/ui/layers/main?env=staging", status=404).text
+    ui.post("/ui/layers/main/delete?env=staging", status=404)
+    staging = {"Authorization": f"Bearer {create_key(runtime, 'test', 'stager', 'admin', environment='staging')}"}
+    version = api("get", "/layers/main")["version"]
+    assert client.get("/api/v1/layers/main", headers=staging).status_code == 403
+    assert client.patch("/api/v1/layers/main", json={"name": "x", "version": version},
+                        headers=staging).status_code == 403
+    assert client.delete("/api/v1/layers/main", headers=staging).status_code == 403
+    assert api("get", "/layers/main")["name"] == "Main"

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flagship.db import as_utc, bump_snapshot_revision
-from flagship.errors import ConflictError, NotFoundError
+from flagship.errors import ConflictError, NotFoundError, PermissionDeniedError
 from flagship.experiments import allocation
 from flagship.experiments.model import ACTIVE
 from flagship.experiments.store import config as store
@@ -46,10 +46,13 @@ def _layer_doc(record: LayerRecord) -> dict[str, Any]:
             "salt": record.salt}
 
 
-def _require_layer(session: Session, key: str) -> LayerRecord:
+def _require_layer(session: Session, key: str, bound: str | None = None) -> LayerRecord:
     record = store.get_layer(session, key)
     if record is None:
         raise NotFoundError(f"layer {key!r} not found")
+    if bound is not None and record.environment != bound:  # a key bound elsewhere
+        raise PermissionDeniedError(f"this key is bound to environment {bound!r}; layer "
+                                    f"{key!r} is in {record.environment!r}")
     return record
 
 
@@ -60,9 +63,9 @@ def list_layers(runtime: Runtime, environment: str | None = None) -> list[dict[s
                 for r in store.layers(session, environment)]
 
 
-def get_layer(runtime: Runtime, key: str) -> dict[str, Any]:
+def get_layer(runtime: Runtime, key: str, bound: str | None = None) -> dict[str, Any]:
     with runtime.db.session() as session:
-        record = _require_layer(session, key)
+        record = _require_layer(session, key, bound)
         return layer_view(record, list(store.experiments_in_layer(session, key)))
 
 
@@ -90,10 +93,10 @@ def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any],
 
 
 def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
-                 expected: int | None) -> dict[str, Any]:
+                 expected: int | None, bound: str | None = None) -> dict[str, Any]:
     """Change name/description; the salt only while no experiment ever used the layer."""
     with runtime.change(actor) as tx:
-        record = _require_layer(tx.session, key)
+        record = _require_layer(tx.session, key, bound)
         flags.check_version(record.version, expected, "layer", key)
         experiments = list(store.experiments_in_layer(tx.session, key))
         if "salt" in patch and patch["salt"] != record.salt and any(
@@ -113,9 +116,9 @@ def update_layer(runtime: Runtime, actor: str, key: str, patch: dict[str, Any],
         return layer_view(record, experiments)
 
 
-def delete_layer(runtime: Runtime, actor: str, key: str) -> None:
+def delete_layer(runtime: Runtime, actor: str, key: str, bound: str | None = None) -> None:
     with runtime.change(actor) as tx:
-        record = _require_layer(tx.session, key)
+        record = _require_layer(tx.session, key, bound)
         experiments = list(store.experiments_in_layer(tx.session, key))
         active = [e.key for e in experiments if e.status in ACTIVE]
         if active:

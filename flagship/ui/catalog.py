@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from flask import request
+from flask import abort, g, request
 
 from flagship import environments as environment_service
 from flagship.errors import FlagshipError
@@ -183,11 +183,20 @@ def layers() -> Any:
                   status=_status(errors))
 
 
+def _layer_in_env(key: str) -> dict[str, Any]:
+    """The layer, if it lives in the current environment (else 404 naming its own)."""
+    layer = layer_service.get_layer(runtime(), key, g.get("key_environment"))
+    if layer["environment"] != env():
+        abort(404, f"layer {key!r} is in environment {layer['environment']!r}, not {env()!r}: "
+                   "switch environments to see it")
+    return layer
+
+
 @bp.route("/layers/<key>", methods=["GET", "POST"])
 def layer_detail(key: str) -> Any:
     """A layer's 10,000 buckets: who owns which ranges, what is free, what was released;
     POST renames it or changes its description (saved with the version it was loaded at)."""
-    layer = layer_service.get_layer(runtime(), key)
+    layer = _layer_in_env(key)
     errors = Errors()
     state = {"name": layer["name"], "description": layer["description"], "version": str(layer["version"])}
     if request.method == "POST":
@@ -195,7 +204,8 @@ def layer_detail(key: str) -> Any:
         version = forms.number(state["version"], "version", errors, integer=True)
         if not errors:
             patch = {"description": state["description"], **({"name": state["name"]} if state["name"] else {})}
-            done, errors = _save(lambda: layer_service.update_layer(runtime(), actor(), key, patch, version),
+            done, errors = _save(lambda: layer_service.update_layer(runtime(), actor(), key, patch, version,
+                                                                    g.get("key_environment")),
                                  f"Layer {key} saved.", link("ui.layer_detail", key=key))
             if done is not None:
                 return done
@@ -207,7 +217,8 @@ def layer_detail(key: str) -> Any:
 @bp.route("/layers/<key>/delete", methods=["POST"])
 def layer_delete(key: str) -> Any:
     """Delete a layer that holds no active or draft experiment (else they are named)."""
-    layer_service.delete_layer(runtime(), actor(), key)
+    _layer_in_env(key)
+    layer_service.delete_layer(runtime(), actor(), key, g.get("key_environment"))
     flash_message(f"Layer {key} deleted.")
     return redirect_to(link("ui.layers"))
 

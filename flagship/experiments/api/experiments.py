@@ -6,8 +6,8 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 
-from flagship.api import (PageArgs, actor, environment, expected_version, make_blueprint, page_body,
-                          requires, runtime, versioned)
+from flagship.api import (PageArgs, actor, bound_environment, environment, expected_version,
+                          make_blueprint, page_body, requires, runtime, versioned)
 from flagship.experiments import layers as layer_service, schemas, service
 from flagship.flags.schemas import RevisionPageSchema
 from flagship.serving import service as serving
@@ -38,7 +38,7 @@ class LayerByKey(MethodView):
     @blp.response(200, schemas.LayerSchema)
     def get(self, key: str) -> Any:
         """A layer: each experiment's bucket ranges, percentage and status, and the free share"""
-        return versioned(layer_service.get_layer(runtime(), key))
+        return versioned(layer_service.get_layer(runtime(), key, bound_environment()))
 
     @requires("admin")
     @blp.arguments(schemas.LayerPatchSchema)
@@ -48,13 +48,14 @@ class LayerByKey(MethodView):
         experiment ran in it)"""
         version = expected_version(body, required=True)
         body.pop("version", None)
-        return versioned(layer_service.update_layer(runtime(), actor(), key, body, version))
+        return versioned(layer_service.update_layer(runtime(), actor(), key, body, version,
+                                                    bound_environment()))
 
     @requires("admin")
     @blp.response(204)
     def delete(self, key: str) -> None:
         """Delete a layer; 409 while it holds an active or draft experiment"""
-        layer_service.delete_layer(runtime(), actor(), key)
+        layer_service.delete_layer(runtime(), actor(), key, bound_environment())
 
 
 @blp.route("/experiments")
