@@ -119,14 +119,16 @@ class EventRecord(SQLModel, table=True):
     """A metric event (or an SDK-sent exposure), stored once per event_id."""
 
     __tablename__ = "events"
+    # every index here is paid on each accepted event: keep only those a query uses
     __table_args__ = (sa.Index("ix_events_pending", "id", sqlite_where=sa.text("NOT aggregated"),
-                               postgresql_where=sa.text("NOT aggregated")),)
+                               postgresql_where=sa.text("NOT aggregated")),
+                      sa.Index("ix_events_event_received", "event", "received_at"))
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(sa_column=Column(sa.String(128), unique=True, nullable=False))
-    environment: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True,
+    environment: str = Field(sa_column=Column(sa.String(128), nullable=False,
                                               server_default="production"))
     unit: str = Field(sa_column=Column(sa.String(256), nullable=False, index=True))
-    event: str = Field(sa_column=Column(sa.String(128), nullable=False, index=True))
+    event: str = Field(sa_column=Column(sa.String(128), nullable=False))
     value: float
     timestamp: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
     received_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
