@@ -39,7 +39,7 @@ def _check_exposure(event: EventIn, experiments: Any) -> dict[str, list[str]] | 
     spec = experiments.get(event.experiment)
     if spec is None and event.experiment in getattr(experiments, "subjects", ()):
         if event.variant not in ARMS:  # a guarded rollout's arm
-            return {"variant": [f"a rollout's exposure is to its 'treatment' or 'control' arm"]}
+            return {"variant": ["a rollout's exposure is to its 'treatment' or 'control' arm"]}
         return None
     if spec is None:
         return {"experiment": [f"unknown experiment {event.experiment!r}"]}
