@@ -230,9 +230,14 @@ class Database:
                 # a failed COMMIT (disk full, I/O error) ends SQLAlchemy's transaction but
                 # can leave SQLite's open, holding the database's write lock: drop the
                 # connection rather than wedge every later write, here and in other processes
-                if conn.connection.driver_connection.in_transaction:
+                try:
+                    stuck = conn.invalidated or conn.connection.driver_connection.in_transaction
+                except Exception:  # noqa: BLE001 - a connection we cannot even ask is done for
+                    stuck = True
+                if stuck:
                     self._writer_conn = None
-                    conn.invalidate()
+                    if not conn.invalidated:
+                        conn.invalidate()
                 raise
 
     def batched(self, op: Callable[[sa.Connection], Any]) -> Any:
