@@ -449,12 +449,24 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
     return found
 
 
-def upgrade(url: str) -> None:
-    """Apply alembic migrations up to head."""
-    from alembic import command
+def _alembic(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply alembic migrations up to `revision` (head by default)."""
+    from alembic import command
+
+    command.upgrade(_alembic(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Undo alembic migrations down to `revision` (tests rebuild older schemas with it)."""
+    from alembic import command
+
+    command.downgrade(_alembic(url), revision)

@@ -50,15 +50,9 @@ def _flags(rng: random.Random) -> list[dict]:
 
 
 def _upgrade(url: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+    from flagship.db import upgrade
 
-    from flagship.db import MIGRATIONS_DIR
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, revision)
+    upgrade(url, revision)
 
 
 @pytest.fixture(params=BACKENDS)

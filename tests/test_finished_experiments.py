@@ -8,21 +8,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from flagship.db import downgrade, upgrade
 from flagship.experiments.service import complete_ended
-from tests.test_environment_migration import _upgrade
-
-
-def _migrate(url: str, revision: str) -> None:
-    """Downgrade the database at `url` to `revision`."""
-    from alembic import command
-    from alembic.config import Config
-
-    from flagship.db import MIGRATIONS_DIR
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.downgrade(config, revision)
 from tests.test_experiments_api import colour_flag, experiment
 
 
@@ -68,7 +55,7 @@ def test_migration_0010_detaches_experiments_finished_before(api, runtime, datab
     api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
     rule = {"id": "exp-exp-a", "kind": "experiment", "params": {"experiment": "exp-a"}}
     runtime.db.dispose()
-    _migrate(database_url, "0009")  # the schema an older version had ...
+    downgrade(database_url, "0009")  # the schema an older version had ...
     with runtime.db.engine.begin() as conn:  # ... and the state it left behind
         flags = sa.table("flags", sa.column("key", sa.String), sa.column("document", sa.JSON))
         document = conn.execute(sa.select(flags.c.document).where(flags.c.key == "colour")).scalar()
@@ -76,7 +63,7 @@ def test_migration_0010_detaches_experiments_finished_before(api, runtime, datab
                      .values(document={**document, "rules": [rule]}))
         before = conn.execute(sa.text("SELECT snapshot_revision FROM meta")).scalar()
     runtime.db.dispose()
-    _upgrade(database_url, "head")
+    upgrade(database_url)
     with runtime.db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT snapshot_revision FROM meta")).scalar() == before + 1
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() >= "0010"

@@ -291,15 +291,9 @@ def _old_evaluation(unit: str) -> dict[str, tuple[str, str | None]]:
 
 
 def _alembic_upgrade(url: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+    from flagship.db import upgrade
 
-    from flagship.db import MIGRATIONS_DIR
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, revision)
+    upgrade(url, revision)
 
 
 @pytest.fixture(params=BACKENDS)
