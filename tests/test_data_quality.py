@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import sqlalchemy as sa
+
 from flagship import jobs
+from flagship.db import downgrade, upgrade
 from flagship.experiments.ingest import ingest
+from flagship.experiments.monitor import data_quality
+from flagship.experiments.store import aggregates
+from flagship.experiments.store.tables import EventCounterRecord
 
 V = "/api/v1"
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -62,6 +68,8 @@ def test_monitor_counts_only_the_experiments_own_units(api, client, sdk, runtime
 
     quality = api("get", "/events/quality")
     assert quality["pending"]["events"] > 0 and quality["pending"]["exposures"] == 15  # not yet aggregated
+    # the store-wide counts do not wait for aggregation (pending events count as accepted)
+    assert quality["counters"] == {"accepted": 31, "duplicate": 2, "rejected": 3, "late": 1}
     jobs.aggregate(runtime)
 
     a = api("get", "/experiments/A/monitor")["data_quality"]
@@ -113,3 +121,52 @@ def test_a_late_duplicate_is_not_a_late_event(api, runtime):
     assert (resent.accepted, resent.duplicates) == (0, 1)
     assert api("get", "/events/quality")["counters"] == {
         "accepted": 1, "duplicate": 1, "rejected": 0, "late": 0}
+
+
+def _stored_accepted(runtime) -> int:
+    t = EventCounterRecord.__table__
+    with runtime.db.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.count), 0))
+                                .where(t.c.kind == "accepted")).scalar())
+
+
+def _clicks(prefix, n, hour):
+    return [{"event_id": f"{prefix}{i}", "unit": f"u{i}", "event": "click",
+             "timestamp": (T0 + timedelta(hours=hour)).isoformat()} for i in range(n)]
+
+
+def test_accepted_events_are_counted_once_whether_pending_or_aggregated(runtime):
+    """A request writes no accepted counter; the aggregation round adds the events it folds
+    in, and until then the pending events are the count: every event once, in its hour."""
+    ingest(runtime, _clicks("a", 4, 0), now=T0 + timedelta(minutes=5))
+    ingest(runtime, _clicks("b", 3, 1), now=T0 + timedelta(hours=1, minutes=5))
+    assert _stored_accepted(runtime) == 0
+    assert data_quality(runtime)["counters"]["accepted"] == 7
+    assert data_quality(runtime, since=T0 + timedelta(hours=1, minutes=30))["counters"]["accepted"] == 3
+
+    aggregates.run_round(runtime.db, batch=5)  # part of the pending events
+    assert _stored_accepted(runtime) == 5
+    assert data_quality(runtime)["counters"]["accepted"] == 7
+    jobs.aggregate(runtime)
+    assert _stored_accepted(runtime) == 7 and data_quality(runtime)["pending"]["events"] == 0
+    assert data_quality(runtime)["counters"]["accepted"] == 7
+    assert data_quality(runtime, since=T0 + timedelta(hours=1, minutes=30))["counters"]["accepted"] == 3
+
+
+def test_the_migration_moves_pending_events_counts(runtime, database_url):
+    """Revision 0012: events pending at the upgrade were counted by their requests (the
+    old code), so the upgrade takes their counts off and the round adds them back; a
+    downgrade puts them back. The store-wide figures stay right throughout."""
+    ingest(runtime, _clicks("a", 4, 0), now=T0 + timedelta(minutes=5))
+    jobs.aggregate(runtime)
+    ingest(runtime, _clicks("b", 3, 0), now=T0 + timedelta(minutes=10))
+    ingest(runtime, _clicks("c", 2, 2), now=T0 + timedelta(hours=2))
+    runtime.db.dispose()
+    downgrade(database_url, "0011")
+    assert _stored_accepted(runtime) == 9  # as the old code keeps it: every accepted event
+    runtime.db.dispose()
+    upgrade(database_url)
+    assert _stored_accepted(runtime) == 4  # the aggregated ones; the hour-2 row is gone
+    assert data_quality(runtime)["counters"]["accepted"] == 9
+    jobs.aggregate(runtime)
+    assert _stored_accepted(runtime) == 9 and data_quality(runtime)["counters"]["accepted"] == 9

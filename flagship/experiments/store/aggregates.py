@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from flagship.db import Database, upsert
 from flagship.experiments.model import Metric, load_experiment
-from flagship.experiments.store import sums
+from flagship.experiments.store import events, sums
 from flagship.experiments.store.config import metrics_by_key
 from flagship.experiments.store.sums import COUNTERS, HOUR
 from flagship.experiments.store.tables import (AggregationStateRecord, AnalysisSubjectRecord, EventRecord,
@@ -297,6 +297,7 @@ def _apply(conn: sa.Connection, plans: dict[str, Plan], work: _Work) -> int:
     _add_quality(conn, work.quality)
     _count_exposures(conn, work.new_x)
     if work.new_e:
+        events.count_accepted(conn, (utc(row.received_at) for row in work.new_e))
         # the rows taken are exactly the pending ones up to the highest id taken (ORDER BY
         # id LIMIT): rows committed since have higher ids (SQLite) or are not in this
         # transaction's view (PostgreSQL), so they are untouched
