@@ -64,6 +64,8 @@ def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: sa.Connection) -> None:
     # A write transaction takes the write lock up front (BEGIN IMMEDIATE), so it waits
     # on busy_timeout instead of failing when it upgrades a read lock under WAL.
+    if conn.connection.driver_connection.in_transaction:
+        return  # the group-commit writer began it on the driver (Database._driver_transaction)
     immediate = conn.get_execution_options().get("flagship_write", False)
     sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
     if conn.dispatch.before_cursor_execute:  # someone (tracing) watches statements
@@ -82,6 +84,38 @@ def _on_driver(conn: sa.Connection, run: Callable[[Any], T], sql: str, params: A
         raise sa.exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error) from error
     finally:
         cursor.close()
+
+
+def _watched(conn: sa.Connection) -> bool:
+    """Does anything listen to this connection's statements or transactions (tracing)?"""
+    dispatch = conn.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute
+                or dispatch.commit or dispatch.rollback)
+
+
+@contextmanager
+def _driver_transaction(conn: sa.Connection) -> Iterator[None]:
+    """A write transaction on SQLite's own connection under `conn` (BEGIN IMMEDIATE ...
+    COMMIT), for the group-commit writer's kept connection.
+
+    SQLAlchemy's Transaction around a one-event write cost about as much as the INSERT.
+    Statements run through `conn.execute` inside still work: SQLAlchemy autobegins, the
+    `begin` listener sees SQLite already in the transaction and emits nothing, and the
+    commit here goes through SQLAlchemy then, so both sides agree it has ended."""
+    driver = conn.connection.driver_connection
+    _on_driver(conn, lambda cursor: cursor.execute("BEGIN IMMEDIATE"), "BEGIN IMMEDIATE", ())
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction():
+            conn.rollback()
+        elif driver.in_transaction:
+            _on_driver(conn, lambda _cursor: driver.rollback(), "ROLLBACK", ())
+        raise
+    if conn.in_transaction():
+        conn.commit()
+    else:
+        _on_driver(conn, lambda _cursor: driver.commit(), "COMMIT", ())
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -224,8 +258,12 @@ class Database:
                 held = self._writer_conn = (os.getpid(), self._write_engine.connect())
             conn = held[1]
             try:
-                with conn.begin():
-                    yield conn
+                if _watched(conn):  # tracing sees BEGIN and COMMIT as statements
+                    with conn.begin():
+                        yield conn
+                else:
+                    with _driver_transaction(conn):
+                        yield conn
             except BaseException:
                 # a failed COMMIT (disk full, I/O error) ends SQLAlchemy's transaction but
                 # can leave SQLite's open, holding the database's write lock: drop the
@@ -418,8 +456,10 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
     (tracing) or when the compiled statement wants a value the rows do not carry (a
     Python-side column default SQLAlchemy would fill in).
     """
-    if conn.dialect.name != "sqlite" or not conn.in_transaction() \
-            or conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
+    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute \
+            or conn.dispatch.after_cursor_execute:
+        return None
+    if not conn.in_transaction() and not conn.connection.driver_connection.in_transaction:
         return None  # outside a transaction SQLAlchemy would autobegin; it must know
     first = rows[0].keys()
     if any(row.keys() != first for row in rows):  # SQLAlchemy tells mismatched rows apart

@@ -109,6 +109,31 @@ def test_tracing_listeners_see_every_statement(runtime):
     assert sum("INSERT INTO events" in s for s in seen) >= 1
 
 
+@SQLITE
+def test_the_writers_driver_transaction_commits_and_rolls_back_as_one(runtime):
+    """The writer begins and commits on SQLite's own connection; statements through
+    SQLAlchemy inside it join that transaction, and a failure undoes all of them."""
+    db, t = runtime.db, EventRecord.__table__
+
+    def both(tag: str, fail: bool = False):
+        def op(conn):
+            rows = _rows(tag)
+            insert_new(conn, t, rows[:2], ("event_id",))  # on the driver
+            conn.execute(sa.insert(t), rows[2:])  # through SQLAlchemy (it autobegins)
+            if fail:
+                raise RuntimeError("after both writes")
+            return "done"
+        return op
+
+    assert db.batched(both("ok")) == "done"
+    with pytest.raises(RuntimeError):
+        db.batched(both("undone", fail=True))
+    assert db.batched(lambda conn: len(insert_new(conn, t, _rows("alone"), ("event_id",)))) == 4
+    assert len(_stored(db, "ok")) == 4 and _stored(db, "undone") == [] and len(_stored(db, "alone")) == 4
+    conn = db._writer_conn[1]
+    assert not conn.in_transaction() and not conn.connection.driver_connection.in_transaction
+
+
 def _count_rows(db: Database) -> int:
     with db.engine.connect() as conn:
         return conn.exec_driver_sql("SELECT count(*) FROM events WHERE event_id LIKE 'fork-%'").scalar()
