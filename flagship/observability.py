@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -67,12 +68,22 @@ def _finish(response: Response) -> Response:
     return response
 
 
+@functools.lru_cache(maxsize=4096)
+def _series(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """A request's counter and (hot routes) latency series. Their labels are bounded (URL
+    rules, methods, statuses); `labels()` takes a lock and builds its key on every call."""
+    hot = route in HOT_ROUTES or route.startswith(HOT_PREFIXES)
+    return (telemetry.REQUESTS.labels(route, method, str(status)),
+            telemetry.LATENCY.labels(route) if hot else None)
+
+
 def record_request(route: str, method: str, status: int, elapsed: float, *, request_id: str,
                    path: str, actor: str | None, remote_addr: str | None) -> None:
     """Count, time and log one answered request (the Flask app's and the fast path's)."""
-    telemetry.REQUESTS.labels(route, method if method in METHODS else "OTHER", str(status)).inc()
-    if route in HOT_ROUTES or route.startswith(HOT_PREFIXES):
-        telemetry.LATENCY.labels(route).observe(elapsed)
+    counter, latency = _series(route, method if method in METHODS else "OTHER", status)
+    counter.inc()
+    if latency is not None:
+        latency.observe(elapsed)
     if request_log.isEnabledFor(logging.INFO):
         request_log.info("request", extra={"fields": {
             "request_id": request_id, "method": method, "path": path, "route": route,

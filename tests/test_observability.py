@@ -112,6 +112,37 @@ def test_flag_labels_are_capped():
     assert [labels(k) for k in ("a", "b", "c", "a", "d")] == ["a", "b", "other", "a", "other"]
 
 
+FORKED_METRICS = """
+import os, sys
+from prometheus_client import CollectorRegistry, multiprocess
+from flagship import telemetry
+telemetry.count_events(2, 0, 0)
+pid = os.fork()
+if pid == 0:
+    telemetry.count_events(5, 1, 0)
+    os._exit(0)
+os.waitpid(pid, 0)
+telemetry.count_events(1, 0, 0)
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+got = {s.labels["outcome"]: s.value for m in registry.collect() for s in m.samples
+       if s.name == "flagship_events_total"}
+files = sorted(f for f in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if f.startswith("counter_"))
+print(got, os.getpid() != pid and files == sorted([f"counter_{os.getpid()}.db", f"counter_{pid}.db"]))
+"""
+
+
+def test_multiprocess_metrics_follow_a_fork_with_the_cached_pid(tmp_path):
+    """flagship tells prometheus-client its pid from a value the at-fork hook keeps
+    current (no getpid() per increment): a forked child still writes files of its own,
+    and a scrape adds both processes up."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", FORKED_METRICS], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'accepted': 8.0, 'duplicate': 1.0} True"
+
+
 def test_readyz_reports_each_check(client, runtime):
     from flagship.jobs import Periodic
 
