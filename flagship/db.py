@@ -456,11 +456,14 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
     (tracing) or when the compiled statement wants a value the rows do not carry (a
     Python-side column default SQLAlchemy would fill in).
     """
-    if conn.dialect.name != "sqlite" or conn.dispatch.before_cursor_execute \
-            or conn.dispatch.after_cursor_execute:
+    if conn.dialect.name != "sqlite":
         return None
-    if not conn.in_transaction() and not conn.connection.driver_connection.in_transaction:
-        return None  # outside a transaction SQLAlchemy would autobegin; it must know
+    if not conn.in_transaction():
+        if not conn.connection.driver_connection.in_transaction:
+            return None  # outside a transaction SQLAlchemy would autobegin; it must know
+        # else: the writer's driver transaction, only ever begun when nothing watches
+    elif conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
+        return None
     first = rows[0].keys()
     if any(row.keys() != first for row in rows):  # SQLAlchemy tells mismatched rows apart
         return None
