@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import Field, SQLModel
 
 T = TypeVar("T")
+NOT_DONE: Any = type("NotDone", (), {"__repr__": lambda self: "NOT_DONE"})()  # a write left undone
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -206,7 +207,7 @@ class Database:
         self.aggregate_lock = SqliteWriteLock(file_path, ".aggregatelock") if self.is_sqlite else None
         from flagship.writer import BatchWriter
 
-        self._writer = BatchWriter(self._writer_transaction)
+        self._writer = BatchWriter(self._writer_transaction, self._writer_statement)
         self._writer_conn: tuple[int, sa.Connection] | None = None  # (pid, connection)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(flagship_write=True)
@@ -250,6 +251,28 @@ class Database:
             with self.write_connection() as conn:
                 yield conn
             return
+        with self._kept_connection() as conn:
+            if _watched(conn):  # tracing sees BEGIN and COMMIT as statements
+                with conn.begin():
+                    yield conn
+            else:
+                with _driver_transaction(conn):
+                    yield conn
+
+    def _writer_statement(self, run: Callable[[sa.Connection], Any]) -> Any:
+        """`run(conn)` on the writer's kept SQLite connection outside any transaction, for
+        a write that is one statement and so commits by itself (SQLite wraps it in its own
+        transaction): no BEGIN and COMMIT round trips around it. NOT_DONE when that cannot
+        be (PostgreSQL, or tracing, which should see a transaction) or `run` says so; the
+        caller then writes in a transaction."""
+        if not self.is_sqlite:
+            return NOT_DONE
+        with self._kept_connection() as conn:
+            return NOT_DONE if _watched(conn) else run(conn)
+
+    @contextmanager
+    def _kept_connection(self) -> Iterator[sa.Connection]:
+        """The writer's SQLite connection (see `_writer_transaction`), under the write lock."""
         with self.write_lock():
             held = self._writer_conn
             if held is None or held[0] != os.getpid() or held[1].closed or held[1].invalidated:
@@ -258,12 +281,7 @@ class Database:
                 held = self._writer_conn = (os.getpid(), self._write_engine.connect())
             conn = held[1]
             try:
-                if _watched(conn):  # tracing sees BEGIN and COMMIT as statements
-                    with conn.begin():
-                        yield conn
-                else:
-                    with _driver_transaction(conn):
-                        yield conn
+                yield conn
             except BaseException:
                 # a failed COMMIT (disk full, I/O error) ends SQLAlchemy's transaction but
                 # can leave SQLite's open, holding the database's write lock: drop the
@@ -283,9 +301,12 @@ class Database:
         return self._writer.submit(op)
 
     def batched_merge(self, kind: str, payload: Any,
-                      apply: Callable[[sa.Connection, list[Any]], list[Any]]) -> Any:
-        """Like `batched`, but concurrent payloads of one kind share a single `apply` call."""
-        return self._writer.submit_merged(kind, payload, apply)
+                      apply: Callable[[sa.Connection, list[Any]], list[Any]],
+                      alone: Callable[[sa.Connection, Any], Any] | None = None) -> Any:
+        """Like `batched`, but concurrent payloads of one kind share a single `apply` call.
+        `alone(conn, payload)`: the payload's write as one self-committing statement, for
+        when it has the writer to itself (see `_writer_statement`); it may say NOT_DONE."""
+        return self._writer.submit_merged(kind, payload, apply, alone)
 
     def _after_commit(self, session: Session) -> None:
         if session.info.pop(REVISION_FLAG, False):
@@ -403,13 +424,7 @@ def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
     """
     if not rows:
         return []
-
-    def build() -> Any:
-        statement = dialect_insert(conn, table).on_conflict_do_nothing()
-        return statement.returning(*[table.c[c] for c in returning]) if returning else statement
-
-    key = ("insert_new", conn.dialect.name, table, returning)
-    statement = _built(key, build)
+    key, statement = _insert_new_statement(conn, table, returning)
     direct = _run_direct(conn, key, statement, rows, returning=bool(returning))
     if direct is not None:
         return direct
@@ -417,6 +432,34 @@ def insert_new(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
         conn.execute(statement, rows)
         return []
     return [tuple(row) for row in conn.execute(statement, rows)]
+
+
+def insert_alone(conn: sa.Connection, table: sa.Table, row: dict[str, Any]) -> Any:
+    """Insert `row` unless its key is stored, as one statement that commits by itself:
+    on SQLite's own cursor, outside any transaction. Whether it was inserted (SQLite's
+    change count of that one statement, which is exact); NOT_DONE where this does not
+    apply (not SQLite, inside a transaction, a row shape the direct path does not take),
+    having written nothing. The single-event path's whole write (Database._writer_statement)."""
+    if conn.dialect.name != "sqlite" or conn.in_transaction() \
+            or conn.connection.driver_connection.in_transaction:
+        return NOT_DONE
+    key, statement = _insert_new_statement(conn, table, ())
+    direct = _direct(conn, key, statement, [row])
+    if direct is None:
+        return NOT_DONE
+    params = direct.parameters(row)
+    return _on_driver(conn, lambda cursor: cursor.execute(direct.sql, params).rowcount,
+                      direct.sql, params) == 1
+
+
+def _insert_new_statement(conn: sa.Connection, table: sa.Table,
+                          returning: tuple[str, ...]) -> tuple[tuple[Any, ...], Any]:
+    def build() -> Any:
+        statement = dialect_insert(conn, table).on_conflict_do_nothing()
+        return statement.returning(*[table.c[c] for c in returning]) if returning else statement
+
+    key = ("insert_new", conn.dialect.name, table, returning)
+    return key, _built(key, build)
 
 
 class _Direct:
@@ -464,6 +507,25 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
         # else: the writer's driver transaction, only ever begun when nothing watches
     elif conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
         return None
+    direct = _direct(conn, key, statement, rows)
+    if direct is None:
+        return None
+    if not returning:
+        params = [direct.parameters(row) for row in rows]
+        _on_driver(conn, lambda cursor: cursor.executemany(direct.sql, params), direct.sql, params)
+        return []
+    found: list[tuple[Any, ...]] = []
+    for row in rows:  # sqlite3's executemany returns no rows
+        one = direct.parameters(row)
+        found += _on_driver(conn, lambda cursor: cursor.execute(direct.sql, one).fetchall(),
+                            direct.sql, one)
+    return found
+
+
+def _direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
+            rows: list[dict[str, Any]]) -> _Direct | None:
+    """`statement` compiled for the shape of `rows` (cached), or None where the direct
+    path does not apply (see `_run_direct`)."""
     first = rows[0].keys()
     if any(row.keys() != first for row in rows):  # SQLAlchemy tells mismatched rows apart
         return None
@@ -478,18 +540,7 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
         direct = _DIRECT[cache_key] = _Direct(compiled, conn.dialect) \
             if plain and compiled.positiontup is not None and set(compiled.positiontup) <= set(shape) \
             else None
-    if direct is None:
-        return None
-    if not returning:
-        params = [direct.parameters(row) for row in rows]
-        _on_driver(conn, lambda cursor: cursor.executemany(direct.sql, params), direct.sql, params)
-        return []
-    found: list[tuple[Any, ...]] = []
-    for row in rows:  # sqlite3's executemany returns no rows
-        one = direct.parameters(row)
-        found += _on_driver(conn, lambda cursor: cursor.execute(direct.sql, one).fetchall(),
-                            direct.sql, one)
-    return found
+    return direct
 
 
 def _alembic(url: str) -> Any:

@@ -24,26 +24,33 @@ from typing import Any, Callable, TypeVar
 import sqlalchemy as sa
 
 from flagship import telemetry
+from flagship.db import NOT_DONE
 
 T = TypeVar("T")
 Op = Callable[[sa.Connection], Any]
 Apply = Callable[[sa.Connection, list[Any]], list[Any]]
+Alone = Callable[[sa.Connection, Any], Any]
 
 
 class _Merged:
-    """A queued payload whose neighbours of the same kind are written in one statement."""
+    """A queued payload whose neighbours of the same kind are written in one statement.
+    `alone`: its write as one statement that commits by itself, or None."""
 
-    __slots__ = ("kind", "payload", "apply")
+    __slots__ = ("kind", "payload", "apply", "alone")
 
-    def __init__(self, kind: str, payload: Any, apply: Apply) -> None:
-        self.kind, self.payload, self.apply = kind, payload, apply
+    def __init__(self, kind: str, payload: Any, apply: Apply, alone: Alone | None = None) -> None:
+        self.kind, self.payload, self.apply, self.alone = kind, payload, apply, alone
 
 
 class BatchWriter:
     """Runs write operations many per transaction, led by one of the waiting callers."""
 
-    def __init__(self, begin: Callable[[], Any], max_batch: int = 2000) -> None:
+    def __init__(self, begin: Callable[[], Any],
+                 statement: Callable[[Callable[[sa.Connection], Any]], Any] | None = None,
+                 max_batch: int = 2000) -> None:
         self._begin = begin  # () -> context manager yielding a Connection in a write transaction
+        # (run) -> run(conn) outside a transaction, or NOT_DONE (see Database._writer_statement)
+        self._statement = statement
         self._max_batch = max_batch
         self._queue: deque[tuple[Any, Future]] = deque()
         self._changed = threading.Condition()  # guards the queue and `_leading`
@@ -58,11 +65,18 @@ class BatchWriter:
         """Run `op(conn)` inside a shared write transaction; return once it has committed."""
         return self._enqueue(op, timeout)
 
-    def submit_merged(self, kind: str, payload: Any, apply: Apply, timeout: float = 60.0) -> Any:
+    def submit_merged(self, kind: str, payload: Any, apply: Apply, alone: Alone | None = None,
+                      timeout: float = 60.0) -> Any:
         """Queue `payload`; queued payloads of the same `kind` go to one `apply(conn, payloads)`
         call, which returns one result per payload (e.g. one INSERT for many requests).
-        If the merged call fails, each payload is retried alone so only the bad one fails."""
-        return self._enqueue(_Merged(kind, payload, apply), timeout)
+        If the merged call fails, each payload is retried alone so only the bad one fails.
+
+        `alone(conn, payload)`, if given, is the payload's write as a single statement that
+        commits by itself; it is used when the payload is the only one in its commit (the
+        uncontended case), saving the BEGIN and COMMIT around it. It returns the result, or
+        NOT_DONE when the payload needs more than that statement after all (having written
+        nothing); the payload is then written through `apply` in a transaction."""
+        return self._enqueue(_Merged(kind, payload, apply, alone), timeout)
 
     def _enqueue(self, op: Any, timeout: float) -> Any:
         future: Future = Future()
@@ -125,8 +139,12 @@ class BatchWriter:
     def _commit_alone(self, op: Any, future: Future) -> None:
         started = time.perf_counter()
         try:
-            with self._begin() as conn:
-                value = op.apply(conn, [op.payload])[0] if isinstance(op, _Merged) else op(conn)
+            value = NOT_DONE
+            if self._statement is not None and isinstance(op, _Merged) and op.alone is not None:
+                value = self._statement(lambda conn: op.alone(conn, op.payload))
+            if value is NOT_DONE:
+                with self._begin() as conn:
+                    value = op.apply(conn, [op.payload])[0] if isinstance(op, _Merged) else op(conn)
         except BaseException as exc:  # noqa: BLE001 - rolled back: reported to its caller
             future.set_exception(exc)
             if not isinstance(exc, Exception):

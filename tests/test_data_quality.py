@@ -170,3 +170,17 @@ def test_the_migration_moves_pending_events_counts(runtime, database_url):
     assert data_quality(runtime)["counters"]["accepted"] == 9
     jobs.aggregate(runtime)
     assert _stored_accepted(runtime) == 9 and data_quality(runtime)["counters"]["accepted"] == 9
+
+
+def test_single_events_count_alike_on_every_write_path(runtime):
+    """One event per request (the writer's self-committing lane when it is an ordinary
+    new event): accepted, a resent duplicate, a late one and a rejected one each count."""
+    now = T0 + timedelta(hours=3)
+    one = {"event_id": "s-1", "unit": "u1", "event": "click", "timestamp": (now - timedelta(minutes=1)).isoformat()}
+    assert (ingest(runtime, [one], now=now).accepted, ingest(runtime, [one], now=now).duplicates) == (1, 1)
+    late = {"event_id": "s-2", "unit": "u2", "event": "click", "timestamp": at(0)}
+    assert ingest(runtime, [late], now=now).late == 1
+    assert len(ingest(runtime, [{"event_id": "s-3", "unit": "u3", "event": ""}], now=now).rejected) == 1
+    assert data_quality(runtime)["counters"] == {"accepted": 2, "duplicate": 1, "rejected": 1, "late": 1}
+    jobs.aggregate(runtime)
+    assert data_quality(runtime)["counters"] == {"accepted": 2, "duplicate": 1, "rejected": 1, "late": 1}

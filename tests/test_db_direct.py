@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from flagship import db as dbmod
-from flagship.db import Database, insert_new, upsert
+from flagship.db import NOT_DONE, Database, insert_alone, insert_new, upsert
 from flagship.experiments.store.tables import EventCounterRecord, EventRecord
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -54,6 +54,44 @@ def test_direct_writes_store_what_sqlalchemy_stores(runtime, monkeypatch):
             "SELECT unit, timestamp, received_at, properties, aggregated FROM events "
             "WHERE event_id LIKE 'direct-%' OR event_id LIKE 'orm-%' ORDER BY unit, event_id").all()
     assert [raw[i][0:] for i in range(0, 8, 2)] == [raw[i][0:] for i in range(1, 8, 2)]
+
+
+@SQLITE
+def test_a_self_committing_insert_stores_what_sqlalchemy_stores(runtime, monkeypatch):
+    """`insert_alone` (the single event's whole write): the same row as the SQLAlchemy
+    path, committed by the statement itself, and refused inside a transaction."""
+    db, t = runtime.db, EventRecord.__table__
+    with db.engine.connect() as conn:
+        assert [insert_alone(conn, t, row) for row in _rows("alone")] == [True] * 4
+        assert insert_alone(conn, t, _rows("alone")[0]) is False  # a duplicate: nothing written
+        assert not conn.in_transaction()
+    with monkeypatch.context() as patch:
+        patch.setattr(dbmod, "_run_direct", lambda *args, **kwargs: None)
+        with db.write_connection() as conn:
+            insert_new(conn, t, _rows("orm2"), ("event_id",))
+    assert [row[1:] for row in _stored(db, "alone")] == [row[1:] for row in _stored(db, "orm2")]
+    with db.write_connection() as conn:  # in a transaction its change count would not be its own
+        assert insert_alone(conn, t, _rows("inside")[0]) is NOT_DONE
+    assert _stored(db, "inside") == []
+
+
+@SQLITE
+def test_a_traced_single_event_is_written_in_a_transaction(runtime):
+    """Under tracing the writer does not take the self-committing lane: the event's INSERT
+    is seen between BEGIN IMMEDIATE and the commit."""
+    from flagship.experiments.ingest import ingest
+
+    seen: list[str] = []
+
+    def listen(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    sa.event.listen(runtime.db.engine, "before_cursor_execute", listen)
+    try:
+        assert ingest(runtime, [{"event_id": "t-1", "unit": "u1", "event": "click"}]).accepted == 1
+    finally:
+        sa.event.remove(runtime.db.engine, "before_cursor_execute", listen)
+    assert seen[0] == "BEGIN IMMEDIATE" and any("INSERT INTO events" in s for s in seen)
 
 
 @SQLITE

@@ -144,7 +144,7 @@ def ingest(runtime: Runtime, items: list[Any], now: datetime | None = None,
         late={e.event_id for e in valid if e.is_late(now, bounds)},
         issues=issues + [(unit, "duplicate") for unit in repeated_units], now=now)
     # concurrent requests' events are written by one INSERT in one transaction
-    result.accepted = runtime.db.batched_merge("events", batch, store.write)
+    result.accepted = runtime.db.batched_merge("events", batch, store.write, store.alone(batch))
     result.late = batch.counts.get("late", 0)
     result.duplicates = len(valid) - result.accepted + repeats
     telemetry.count_events(result.accepted, result.duplicates, len(rejected))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 
-from flagship.db import insert_new, upsert
+from flagship.db import NOT_DONE, insert_alone, insert_new, upsert
 from flagship.experiments.store.tables import (EventCounterRecord, EventIssueRecord, EventRecord,
                                                ExposureRecord)
 
@@ -68,6 +68,27 @@ def write(conn: sa.Connection, batches: list[Batch]) -> list[int]:
            ["unit", "hour", "kind"], add=("count",))
     _count(conn, batches)
     return credited
+
+
+def alone(batch: Batch) -> Callable[[sa.Connection, Batch], Any] | None:
+    """`write_alone` if `batch` is the ordinary single event whose whole write is its row
+    (not an exposure, not late, nothing rejected or repeated); else None."""
+    if len(batch.rows) != 1 or batch.exposures or batch.issues or batch.late \
+            or any(n for kind, n in batch.counts.items() if kind != "accepted"):
+        return None
+    return write_alone
+
+
+def write_alone(conn: sa.Connection, batch: Batch) -> Any:
+    """`write(conn, [batch])` for a batch `alone` admits, as one statement that commits by
+    itself (the writer runs it outside a transaction): 1 when the event was inserted.
+    NOT_DONE when it was not (a duplicate has counters to add: `write` does that, in a
+    transaction) or the statement cannot run alone here."""
+    inserted = insert_alone(conn, EventRecord.__table__, batch.rows[0])
+    if inserted is not True:
+        return NOT_DONE
+    batch.counts.update(accepted=1, late=0)
+    return 1
 
 
 def _count(conn: sa.Connection, batches: list[Batch]) -> None:
