@@ -16,6 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import Field, SQLModel
 
+from flagship import pid
+
 T = TypeVar("T")
 NOT_DONE: Any = type("NotDone", (), {"__repr__": lambda self: "NOT_DONE"})()  # a write left undone
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -158,13 +160,13 @@ class SqliteWriteLock:
         # A forked child (an RQ work-horse) must not share the parent's lock file
         # description (flock would not exclude the two) nor a thread lock some parent
         # thread held at the fork: it starts with its own.
-        self._pid = os.getpid()
+        self._pid = pid.current()
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        if self._pid != os.getpid():
+        if self._pid != pid.current():
             self._forked()
         with self._thread_lock:
             if self._path is None:
@@ -274,11 +276,11 @@ class Database:
     def _kept_connection(self) -> Iterator[sa.Connection]:
         """The writer's SQLite connection (see `_writer_transaction`), under the write lock."""
         with self.write_lock():
-            held = self._writer_conn
-            if held is None or held[0] != os.getpid() or held[1].closed or held[1].invalidated:
-                if held is not None and held[0] != os.getpid():
+            held, me = self._writer_conn, pid.current()
+            if held is None or held[0] != me or held[1].closed or held[1].invalidated:
+                if held is not None and held[0] != me:
                     _INHERITED.append(held[1])  # never closed here: the parent's to close
-                held = self._writer_conn = (os.getpid(), self._write_engine.connect())
+                held = self._writer_conn = (me, self._write_engine.connect())
             conn = held[1]
             try:
                 yield conn
@@ -342,7 +344,7 @@ class Database:
         with self.write_lock():  # not under a writer in the middle of its transaction
             held, self._writer_conn = self._writer_conn, None
         if held is not None:
-            if held[0] == os.getpid():
+            if held[0] == pid.current():
                 held[1].close()
             else:
                 _INHERITED.append(held[1])

@@ -14,37 +14,19 @@ FLAGSHIP_METRICS_MAX_FLAGS per process, after which they count as `other`.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram, values
 
+from flagship import pid
 
-class _Pid:
-    """This process's id, kept current across fork() instead of asked of the kernel.
-
-    In multiprocess mode prometheus-client calls `os.getpid()` on every increment to
-    notice a fork (each process writes its own files); a request made about eight of
-    those system calls, a few per cent of a single event's CPU. The value changes only in
-    a forked child, where the at-fork hook sets it before any Python code runs there."""
-
-    value = os.getpid()
-
-    @classmethod
-    def refresh(cls) -> None:
-        cls.value = os.getpid()
-
-    @classmethod
-    def get(cls) -> int:
-        return cls.value
-
-
-os.register_at_fork(after_in_child=_Pid.refresh)
 if values.ValueClass is not values.MutexValue:
-    # multiprocess mode, and no metric of flagship's exists yet (they are all made below):
-    # the same per-pid files, one set per process, as with the default class
-    values.ValueClass = values.MultiProcessValue(process_identifier=_Pid.get)
+    # Multiprocess mode asks for the pid on every increment, to notice a fork; a request
+    # made about eight getpid() system calls, a few per cent of a single event's CPU.
+    # `flagship.pid` answers without one. No metric exists yet (they are all made below),
+    # so every value uses this class: the same per-pid files as with the default one.
+    values.ValueClass = values.MultiProcessValue(process_identifier=pid.current)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 OTHER = "other"
