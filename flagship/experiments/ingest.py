@@ -1,6 +1,7 @@
 """Event ingestion: validate per item, store idempotently, commit before answering."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable
@@ -27,9 +28,14 @@ class IngestResult:
 
 def bounds_from(config: dict[str, Any]) -> Bounds:
     """Timestamp bounds from FLAGSHIP_EVENT_* settings."""
-    return Bounds(max_past=timedelta(days=config["EVENT_MAX_PAST_DAYS"]),
-                  max_future=timedelta(seconds=config["EVENT_MAX_FUTURE_SECONDS"]),
-                  late_after=timedelta(seconds=config["EVENT_LATE_SECONDS"]))
+    return _bounds(config["EVENT_MAX_PAST_DAYS"], config["EVENT_MAX_FUTURE_SECONDS"],
+                   config["EVENT_LATE_SECONDS"])
+
+
+@functools.lru_cache(maxsize=16)
+def _bounds(max_past_days: float, max_future_seconds: float, late_seconds: float) -> Bounds:
+    return Bounds(max_past=timedelta(days=max_past_days), max_future=timedelta(seconds=max_future_seconds),
+                  late_after=timedelta(seconds=late_seconds))  # frozen: shared by every request
 
 
 ARMS = ("treatment", "control")
