@@ -213,13 +213,17 @@ def _count_exposures(conn: sa.Connection, exposures: list[Any]) -> None:
            ["experiment_key", "variant", "epoch", "period"], add=("count",))
 
 
+def _stale(conn: sa.Connection, plans: dict[str, Plan]) -> list[Plan]:
+    """The plans whose unit rows were built for other metric definitions or another window."""
+    state = AggregationStateRecord.__table__
+    known = dict(conn.execute(sa.select(state.c.experiment_key, state.c.signature)).all())
+    return [plan for plan in plans.values() if known.get(plan.key) != plan.signature]
+
+
 def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan]) -> None:
     """Recompute experiments whose metric definitions changed since their rows were built."""
     state = AggregationStateRecord.__table__
-    known = dict(conn.execute(sa.select(state.c.experiment_key, state.c.signature)).all())
-    for plan in plans.values():
-        if known.get(plan.key) == plan.signature:
-            continue
+    for plan in _stale(conn, plans):
         conn.execute(sa.delete(UnitMetricRecord.__table__).where(
             UnitMetricRecord.__table__.c.experiment_key == plan.key))
         sums.reset(conn, plan.key)
@@ -313,8 +317,9 @@ def _apply(conn: sa.Connection, plans: dict[str, Plan], work: _Work) -> int:
 def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:
     """Fold up to `batch` pending events and exposures in; return how many rows were taken.
 
-    On SQLite the round reads in a read transaction and holds the write lock only for its
-    short write phase, so event ingestion is not stalled behind it; rounds exclude each
+    On SQLite the round reads in read transactions (the plans too, unless one must be
+    rebuilt) and holds the write lock only for its short write phase, so event ingestion
+    and first assignments are not stalled behind it; rounds exclude each
     other through their own lock, and only rounds write the aggregate tables, so what a
     round read is still current when it writes.
     """
@@ -325,9 +330,13 @@ def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) 
             work = _collect(conn, plans, batch, late_after)
             return _apply(conn, plans, work) if work else 0
     with db.aggregate_lock.hold():
-        with db.write_connection() as conn:  # rare, and reads+writes: under the write lock
+        with db.engine.connect() as conn, conn.begin():
             plans = _plans(conn)
-            _rebuild_stale(conn, plans)
+            stale = bool(_stale(conn, plans))
+        if stale:  # rare, and reads+writes: under the write lock, reading the plans again
+            with db.write_connection() as conn:
+                plans = _plans(conn)
+                _rebuild_stale(conn, plans)
         with db.engine.connect() as conn, conn.begin():
             work = _collect(conn, plans, batch, late_after)
         if work is None:
