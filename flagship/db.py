@@ -82,11 +82,19 @@ def _on_driver(conn: sa.Connection, run: Callable[[Any], T], sql: str, params: A
     (so a locked or unreachable database is a 503 like everywhere else)."""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        return run(cursor)
-    except conn.dialect.loaded_dbapi.Error as error:
-        raise sa.exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error) from error
+        with _as_sqlalchemy_errors(conn, sql, params):
+            return run(cursor)
     finally:
         cursor.close()
+
+
+@contextmanager
+def _as_sqlalchemy_errors(conn: sa.Connection, sql: str, params: Any) -> Iterator[None]:
+    """The driver's errors inside, raised as SQLAlchemy's for `sql`."""
+    try:
+        yield
+    except conn.dialect.loaded_dbapi.Error as error:
+        raise sa.exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error) from error
 
 
 def _watched(engine: Engine) -> bool:
@@ -116,12 +124,14 @@ def _driver_transaction(conn: sa.Connection) -> Iterator[None]:
         if conn.in_transaction():
             conn.rollback()
         elif driver.in_transaction:
-            _on_driver(conn, lambda _cursor: driver.rollback(), "ROLLBACK", ())
+            with _as_sqlalchemy_errors(conn, "ROLLBACK", ()):
+                driver.rollback()
         raise
     if conn.in_transaction():
         conn.commit()
     else:
-        _on_driver(conn, lambda _cursor: driver.commit(), "COMMIT", ())
+        with _as_sqlalchemy_errors(conn, "COMMIT", ()):
+            driver.commit()
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
