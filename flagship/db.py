@@ -327,14 +327,16 @@ class Database:
         if session.info.pop(REVISION_FLAG, False):
             self._commits += 1
 
-    def snapshot_revision(self) -> int:
+    def snapshot_revision(self, at_least: int = 0) -> int:
         """The store revision as this process knows it (see the class): re-read when this
-        process committed a change to it, or `revision_check` seconds after the last read."""
+        process committed a change to it, `revision_check` seconds after the last read, or
+        when the caller has seen a newer revision elsewhere (`at_least`, e.g. a stream's
+        revision watcher, which reads the database itself)."""
         if self.revision_check <= 0:
             return self.read_snapshot_revision()
         read_at, commits, revision = self._known
         now = time.monotonic()
-        if commits == self._commits and now - read_at < self.revision_check:
+        if commits == self._commits and now - read_at < self.revision_check and revision >= at_least:
             return revision
         commits = self._commits  # before the read: a commit during it forces another
         revision = self.read_snapshot_revision()

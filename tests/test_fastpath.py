@@ -316,9 +316,13 @@ def test_a_serving_process_rereads_the_revision_only_when_due(database_url, monk
         assert serving.db.snapshot_revision() == start + 1, "this process's change: at once"
         flags.create_flag(other, "t", boolean_flag("theirs"), "production")
         assert serving.db.snapshot_revision() == start + 1, "another process's: not yet"
+        assert serving.db.snapshot_revision(at_least=start + 2) == start + 2, \
+            "...unless the caller saw it committed"
+        assert len(reads) == 3  # the first, after its own change, and this one
+        flags.create_flag(other, "t", boolean_flag("third"), "production")
         clock[0] += serving.db.revision_check
-        assert serving.db.snapshot_revision() == start + 2, "...but after revision_check"
-        assert "theirs" in serving.snapshots.get("production").snapshot.flags
+        assert serving.db.snapshot_revision() == start + 3, "...but after revision_check"
+        assert "third" in serving.snapshots.get("production").snapshot.flags
     finally:
         serving.close()
         other.close()

@@ -129,6 +129,14 @@ def _events(response: Any, timeout: float = 2.0) -> Iterator[bytes]:
             return
 
 
+def _chunks_within(body: Iterator[bytes], timeout: float) -> Iterator[bytes]:
+    deadline = time.monotonic() + timeout
+    for chunk in body:  # heartbeats (`fast`) keep each read short
+        yield chunk
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing but heartbeats for {timeout} s")
+
+
 def _next_event(response: Any, timeout: float = 2.0) -> dict[str, Any] | None:
     for chunk in _events(response, timeout):
         if not chunk.startswith(b":"):
@@ -242,3 +250,34 @@ def test_the_watcher_starts_again_in_a_forked_child() -> None:
     assert hub.wait(1, 2) == 2  # the parent's watcher goes on
     hub.close()
     assert wait_for(lambda: hub.revision is None, 2)  # the watcher stopped with the last stream
+
+
+def test_a_change_the_watcher_saw_is_sent_before_the_snapshot_cache_rereads(
+        database_url: str, fast: None) -> None:
+    # The watcher reads the revision itself; the serving process's snapshot cache re-reads it
+    # only every `revision_check` seconds. A stream woken in between must not compare the old
+    # snapshot with itself and move on: the change would never be sent.
+    from flagship.flags import service as flags
+    from flagship.runtime import make_runtime
+
+    settings = {"DATABASE_URL": database_url, "ENTRY_POINTS": False, "PLUGINS": ""}
+    serving, other = make_runtime(settings, server=True), make_runtime(settings, server=True)
+    try:
+        flags.create_flag(serving, "t", boolean_flag("f"), "production")
+        serving.db.revision_check = 3600.0  # the cache would not re-read on its own in this test
+        first = serving.snapshots.get("production")
+        hub = changes.StreamHub(serving.db.read_snapshot_revision, limit=1)
+        assert hub.try_open()
+        body = iter(changes.Stream(serving, hub, "production", changes.revision_message))
+        assert json.loads(next(body).split(b"data: ")[1])["etag"] == first.etag
+        flags.patch_flag(other, "t", "f", {"enabled": False}, None, "production")
+        changed = other.snapshots.get("production")
+        assert changed.etag != first.etag
+        chunk = next(c for c in _chunks_within(body, 3.0) if not c.startswith(b":"))
+        assert json.loads(chunk.split(b"data: ")[1]) == {"revision": changed.revision,
+                                                         "etag": changed.etag}
+        body.close()
+        assert hub.open == 0
+    finally:
+        serving.close()
+        other.close()

@@ -45,9 +45,10 @@ class SnapshotCache:
         self._lock = threading.Lock()
         self._current: dict[str, CompiledSnapshot] = {}
 
-    def get(self, environment: str = "production") -> CompiledSnapshot:
-        """`environment`'s snapshot at the store's current revision (NotFoundError if unknown)."""
-        revision = self._db.snapshot_revision()
+    def get(self, environment: str = "production", at_least: int = 0) -> CompiledSnapshot:
+        """`environment`'s snapshot at the store's current revision (NotFoundError if unknown);
+        `at_least`: a revision the caller knows was committed, so not one older than that."""
+        revision = self._db.snapshot_revision(at_least)
         current = self._current.get(environment)
         if current is not None and current.revision == revision:
             return current

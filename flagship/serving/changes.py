@@ -176,7 +176,7 @@ class Stream:
         deadline = now + MAX_STREAM_SECONDS * random.uniform(0.9, 1.0)  # spread reconnects
         beat = now + HEARTBEAT_SECONDS
         seen = self.hub.revision
-        compiled = self._snapshot()
+        compiled = self._snapshot(seen or 0)
         if compiled is None:
             return
         etag = compiled.etag
@@ -196,17 +196,20 @@ class Stream:
             if revision == seen:
                 continue
             seen = revision
-            compiled = self._snapshot()
+            # at least the watcher's revision: the snapshot cache may not have re-read the
+            # revision yet (it does so every `revision_check` seconds), and the change would
+            # then be missed for good, the watcher having moved on
+            compiled = self._snapshot(revision or 0)
             if compiled is None:
                 return
             if compiled.etag != etag:
                 etag = compiled.etag
                 yield self.message(compiled)
 
-    def _snapshot(self) -> CompiledSnapshot | None:
+    def _snapshot(self, at_least: int) -> CompiledSnapshot | None:
         """The environment's snapshot; None ends the stream (the client reconnects or polls)."""
         try:
-            return service.snapshot(self.runtime, self.environment)
+            return service.snapshot(self.runtime, self.environment, at_least)
         except NotFoundError:
             return None  # the environment was deleted
         except Exception as err:  # noqa: BLE001 - a failing database ends the stream, not the worker

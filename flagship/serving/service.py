@@ -27,9 +27,10 @@ def evaluate(runtime: Runtime, context: Any, flags: Iterable[str] | None = None,
     return runtime.evaluator.evaluate(context, flags, environment or _default(runtime))
 
 
-def snapshot(runtime: Runtime, environment: str | None = None) -> CompiledSnapshot:
-    """An environment's compiled snapshot at the store's current revision."""
-    return runtime.snapshots.get(environment or _default(runtime))
+def snapshot(runtime: Runtime, environment: str | None = None, at_least: int = 0) -> CompiledSnapshot:
+    """An environment's compiled snapshot at the store's current revision (and not older
+    than `at_least`, a revision the caller saw committed)."""
+    return runtime.snapshots.get(environment or _default(runtime), at_least)
 
 
 def explain(runtime: Runtime, flag: str, context: Any, environment: str | None = None) -> dict[str, Any]:
