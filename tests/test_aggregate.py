@@ -265,3 +265,36 @@ def test_a_changed_window_is_rebuilt(setup, client, admin):
     aggregate.catch_up(setup.db)
     _patch(client, admin, {"end_at": (T0 + timedelta(days=2)).isoformat()})
     check(setup, exposures, events)  # events after the old end now count
+
+
+def test_a_round_marks_only_the_exposures_it_read(setup, monkeypatch):
+    # Exposures committed between a round's read phase and its write phase stay pending for
+    # the next round (on SQLite the round marks them by key, in one statement); keys with
+    # quotes, brackets and non-ASCII travel through it intact.
+    import sqlalchemy as sa
+
+    from flagship.experiments.store.tables import ExposureRecord
+
+    units = ['plain', 'quo"te', "it's", "[1, 2]", "ünï-ç✓de", "back\\slash"]
+    exposures = {u: ("a", T0) for u in units}
+    late = {f"late-{u}": ("b", T0) for u in units}
+    send_exposures = lambda chosen: ingest(setup, [  # noqa: E731
+        {"event_id": f"x-{u}", "unit": u, "event": "$exposure", "experiment": "exp", "variant": v,
+         "timestamp": at.isoformat()} for u, (v, at) in chosen.items()], now=T0 + timedelta(hours=1))
+    assert not send_exposures(exposures).rejected
+    collect = aggregate._collect
+
+    def collect_then_more_arrive(*args, **kwargs):
+        work = collect(*args, **kwargs)
+        assert not send_exposures(late).rejected
+        return work
+    monkeypatch.setattr(aggregate, "_collect", collect_then_more_arrive)
+    taken = 2 * len(units)  # an exposure sent as an event is stored as both
+    assert aggregate.run_round(setup.db) == taken
+    monkeypatch.setattr(aggregate, "_collect", collect)
+    x = ExposureRecord.__table__
+    with setup.db.engine.connect() as conn:
+        pending = dict(conn.execute(sa.select(x.c.unit, x.c.aggregated)).all())
+    assert pending == {**{u: True for u in units}, **{u: False for u in late}}
+    assert aggregate.run_round(setup.db) == taken
+    assert results.read(setup, "exp").counts == {"a": len(units), "b": len(late), "c": 0}

@@ -16,6 +16,7 @@ for its data-quality counters.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -182,35 +183,29 @@ def _old_rows(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> dict[tuple
     return old
 
 
-def _upsert(conn: sa.Connection, increments: list[dict[str, Any]], plans: dict[str, Plan],
-            old: dict[tuple[str, str, str], dict[str, Any]] | None = None) -> None:
-    """Add increments to unit rows, and their effect to the variant sums (by hour)."""
-    if not increments:
-        return
+def _unit_writes(increments: list[dict[str, Any]], plans: dict[str, Plan],
+                 old: dict[tuple[str, str, str], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The variant-sum rows (by hour) and the unit-row increments that `increments` make
+    on the `old` unit rows: worked out here, written by `_write_units`."""
     kinds = {(p.key, m.key): m.kind for p in plans.values() for m in p.metrics}
-    old = _old_rows(conn, increments) if old is None else old
     deltas, totals = sums.changes(kinds, old, increments)
-    sums.add(conn, deltas)
-    for chunk in _chunks(list(totals.values()), 2000):
+    return sums.rows(deltas), list(totals.values())
+
+
+def _write_units(conn: sa.Connection, sum_rows: list[dict[str, Any]], unit_rows: list[dict[str, Any]]) -> None:
+    sums.add(conn, sum_rows)
+    for chunk in _chunks(unit_rows, 2000):
         upsert(conn, UnitMetricRecord.__table__, chunk, ["experiment_key", "metric_key", "unit"],
                add=COUNTERS)
 
 
-def _add_quality(conn: sa.Connection, quality: dict[tuple[str, datetime, str], int]) -> None:
-    upsert(conn, ExperimentQualityRecord.__table__,
-           [{"experiment_key": e, "hour": h, "kind": k, "count": n} for (e, h, k), n in quality.items()],
-           ["experiment_key", "hour", "kind"], add=("count",))
-
-
-def _count_exposures(conn: sa.Connection, exposures: list[Any]) -> None:
+def _exposure_counts(exposures: list[Any]) -> list[dict[str, Any]]:
     counts: dict[tuple[str, str, int, int], int] = {}
     for row in exposures:
         key = (row.experiment_key, row.variant, row.epoch, period(row.assigned_at))
         counts[key] = counts.get(key, 0) + 1
-    upsert(conn, ExposureCountRecord.__table__,
-           [{"experiment_key": e, "variant": v, "epoch": ep, "period": p, "count": n}
-            for (e, v, ep, p), n in counts.items()],
-           ["experiment_key", "variant", "epoch", "period"], add=("count",))
+    return [{"experiment_key": e, "variant": v, "epoch": ep, "period": p, "count": n}
+            for (e, v, ep, p), n in counts.items()]
 
 
 def _stale(conn: sa.Connection, plans: dict[str, Plan]) -> list[Plan]:
@@ -237,7 +232,7 @@ def _rebuild_stale(conn: sa.Connection, plans: dict[str, Plan]) -> None:
                    e.c.environment == plan.environment, e.c.event.in_(deltas.event_names)))
         for row in pairs:
             deltas.pair(row, row)
-        _upsert(conn, list(deltas.rows.values()), plans, old={})
+        _write_units(conn, *_unit_writes(list(deltas.rows.values()), plans, old={}))
         conn.execute(sa.delete(state).where(state.c.experiment_key == plan.key))
         conn.execute(sa.insert(state).values(experiment_key=plan.key, signature=plan.signature))
 
@@ -253,17 +248,21 @@ def _by_unit(conn: sa.Connection, units: set[str], query: Any) -> dict[str, list
 
 @dataclass
 class _Work:
-    """What one round read: the pending rows it takes and the increments they make."""
+    """One round: the rows it writes, all worked out in its read phase so that the write
+    phase (under SQLite's write lock) only writes, and the pending rows it takes."""
 
-    new_x: list[Any]
-    new_e: list[Any]
-    increments: list[dict[str, Any]]
-    quality: dict[tuple[str, datetime, str], int]
-    old: dict[tuple[str, str, str], dict[str, Any]]
+    taken: int
+    sum_rows: list[dict[str, Any]]
+    unit_rows: list[dict[str, Any]]
+    quality_rows: list[dict[str, Any]]
+    exposure_counts: list[dict[str, Any]]
+    accepted: dict[tuple[datetime, str], int]
+    last_event: int | None  # the highest id of the events taken
+    exposures: list[tuple[str, str]]  # (experiment, unit) of the exposures taken
 
 
 def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int, late_after: float) -> _Work | None:
-    """Read the pending rows and pair them (reads only)."""
+    """Read the pending rows, pair them and work out what the round writes (reads only)."""
     x, e = ExposureRecord.__table__, EventRecord.__table__
     columns = (e.c.id, e.c.unit, e.c.event, e.c.value, e.c.timestamp, e.c.received_at, e.c.environment)
     new_x = conn.execute(sa.select(x).where(sa.not_(x.c.aggregated)).limit(batch)).all()
@@ -291,27 +290,57 @@ def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int, late_after
                 deltas.pair(event, exposure)
                 deltas.count(event, exposure)
     increments = list(deltas.rows.values())
-    return _Work(new_x, new_e, increments, deltas.quality, _old_rows(conn, increments))
+    sum_rows, unit_rows = _unit_writes(increments, plans, _old_rows(conn, increments))
+    return _Work(
+        taken=len(new_x) + len(new_e), sum_rows=sum_rows, unit_rows=unit_rows,
+        quality_rows=[{"experiment_key": k, "hour": h, "kind": kind, "count": n}
+                      for (k, h, kind), n in deltas.quality.items()],
+        exposure_counts=_exposure_counts(new_x),
+        accepted=events.accepted_counts(utc(row.received_at) for row in new_e),
+        last_event=new_e[-1].id if new_e else None,
+        exposures=[(row.experiment_key, row.unit) for row in new_x])
 
 
-def _apply(conn: sa.Connection, plans: dict[str, Plan], work: _Work) -> int:
-    """Write a round's increments and mark its rows folded in (writes only)."""
-    x, e = ExposureRecord.__table__, EventRecord.__table__
-    _upsert(conn, work.increments, plans, work.old)
-    _add_quality(conn, work.quality)
-    _count_exposures(conn, work.new_x)
-    if work.new_e:
-        events.count_accepted(conn, (utc(row.received_at) for row in work.new_e))
-        # the rows taken are exactly the pending ones up to the highest id taken (ORDER BY
-        # id LIMIT): rows committed since have higher ids (SQLite) or are not in this
+def _apply(conn: sa.Connection, work: _Work) -> int:
+    """Write a round's rows and mark the rows it took folded in (writes only)."""
+    e = EventRecord.__table__
+    _write_units(conn, work.sum_rows, work.unit_rows)
+    upsert(conn, ExperimentQualityRecord.__table__, work.quality_rows,
+           ["experiment_key", "hour", "kind"], add=("count",))
+    upsert(conn, ExposureCountRecord.__table__, work.exposure_counts,
+           ["experiment_key", "variant", "epoch", "period"], add=("count",))
+    events.add_counts(conn, work.accepted)
+    if work.last_event is not None:
+        # the events taken are exactly the pending ones up to the highest id taken (ORDER
+        # BY id LIMIT): rows committed since have higher ids (SQLite) or are not in this
         # transaction's view (PostgreSQL), so they are untouched
-        conn.execute(sa.update(e).where(sa.not_(e.c.aggregated), e.c.id <= work.new_e[-1].id)
+        conn.execute(sa.update(e).where(sa.not_(e.c.aggregated), e.c.id <= work.last_event)
                      .values(aggregated=True))
-    if work.new_x:
-        conn.execute(sa.update(x).where(x.c.experiment_key == sa.bindparam("k"),
-                                        x.c.unit == sa.bindparam("u")).values(aggregated=True),
-                     [{"k": row.experiment_key, "u": row.unit} for row in work.new_x])
-    return len(work.new_x) + len(work.new_e)
+    if work.exposures:
+        _mark_exposures(conn, work.exposures)
+    return work.taken
+
+
+# One statement whatever the number of exposures, with the keys in one parameter: an
+# executemany or an expanding IN of thousands of rows costs tens of milliseconds of
+# Python under the write lock, the statement itself a few.
+_MARK_EXPOSURES = {
+    "sqlite": sa.text(
+        "UPDATE exposures SET aggregated = 1 WHERE NOT aggregated AND (experiment_key, unit) IN "
+        "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:taken))"),
+    "postgresql": sa.text(
+        "UPDATE exposures SET aggregated = true WHERE NOT aggregated AND (experiment_key, unit) IN "
+        "(SELECT k, u FROM unnest(CAST(:keys AS varchar[]), CAST(:units AS varchar[])) AS t(k, u))"),
+}
+
+
+def _mark_exposures(conn: sa.Connection, taken: list[tuple[str, str]]) -> None:
+    """Mark the (experiment, unit) exposures `taken` folded in."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(_MARK_EXPOSURES["sqlite"], {"taken": json.dumps(taken)})
+    else:
+        keys, units = zip(*taken)
+        conn.execute(_MARK_EXPOSURES["postgresql"], {"keys": list(keys), "units": list(units)})
 
 
 def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:
@@ -328,7 +357,7 @@ def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) 
             plans = _plans(conn)
             _rebuild_stale(conn, plans)
             work = _collect(conn, plans, batch, late_after)
-            return _apply(conn, plans, work) if work else 0
+            return _apply(conn, work) if work else 0
     with db.aggregate_lock.hold():
         with db.engine.connect() as conn, conn.begin():
             plans = _plans(conn)
@@ -342,7 +371,7 @@ def run_round(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) 
         if work is None:
             return 0
         with db.write_connection() as conn:
-            return _apply(conn, plans, work)
+            return _apply(conn, work)
 
 
 def catch_up(db: Database, batch: int = 5_000, late_after: float = LATE_AFTER) -> int:

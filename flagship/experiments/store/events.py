@@ -2,7 +2,7 @@
 
 The store-wide counters per hour (`event_counters`): duplicate, rejected and late are
 added by the request that saw them; accepted is added by the aggregation round that folds
-the events in (`count_accepted`), and until then the events themselves are the count
+the events in (`accepted_counts`), and until then the events themselves are the count
 (`global_quality` reads both). An ordinary single event thus writes its row and nothing
 else: a counter upsert on every event was a tenth of its CPU, and its page one more
 written to the WAL at every commit.
@@ -99,20 +99,20 @@ def _count(conn: sa.Connection, batches: list[Batch]) -> None:
             if n and kind != "accepted":
                 key = (_hour(batch.now), kind)
                 totals[key] = totals.get(key, 0) + n
-    _add_counts(conn, totals)
+    add_counts(conn, totals)
 
 
-def count_accepted(conn: sa.Connection, received: Iterable[datetime]) -> None:
-    """Count events as accepted in the hours they were received (called by the aggregation
-    round that marks them aggregated, in its transaction)."""
+def accepted_counts(received: Iterable[datetime]) -> dict[tuple[datetime, str], int]:
+    """Events counted as accepted in the hours they were received: what the aggregation
+    round that marks them aggregated adds (`add_counts`, in its transaction)."""
     totals: dict[tuple[datetime, str], int] = {}
     for at in received:
         key = (_hour(at), "accepted")
         totals[key] = totals.get(key, 0) + 1
-    _add_counts(conn, totals)
+    return totals
 
 
-def _add_counts(conn: sa.Connection, totals: dict[tuple[datetime, str], int]) -> None:
+def add_counts(conn: sa.Connection, totals: dict[tuple[datetime, str], int]) -> None:
     upsert(conn, EventCounterRecord.__table__,
            [{"hour": hour, "kind": kind, "count": n} for (hour, kind), n in totals.items()],
            ["hour", "kind"], add=("count",))

@@ -77,10 +77,14 @@ def changes(kinds: dict[tuple[str, str], str], old: dict[Key, dict[str, Any]],
     return out, totals
 
 
-def add(conn: sa.Connection, deltas: dict[tuple[str, str, str, int], list[float]]) -> None:
-    """Add per-(experiment, metric, variant, hour) deltas to the variant rows."""
-    rows = [{"experiment_key": e, "metric_key": m, "variant": v, "period": p, **dict(zip(SUMS, d))}
+def rows(deltas: dict[tuple[str, str, str, int], list[float]]) -> list[dict[str, Any]]:
+    """The variant rows that per-(experiment, metric, variant, hour) deltas add (`add`)."""
+    return [{"experiment_key": e, "metric_key": m, "variant": v, "period": p, **dict(zip(SUMS, d))}
             for (e, m, v, p), d in deltas.items()]
+
+
+def add(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Add `rows` (see `rows`) to the variant rows."""
     upsert(conn, VariantSumsRecord.__table__, rows,
            ["experiment_key", "metric_key", "variant", "period"], add=SUMS)
 
