@@ -82,19 +82,19 @@ def _on_driver(conn: sa.Connection, run: Callable[[Any], T], sql: str, params: A
     (so a locked or unreachable database is a 503 like everywhere else)."""
     cursor = conn.connection.driver_connection.cursor()
     try:
-        with _as_sqlalchemy_errors(conn, sql, params):
+        with _as_sqlalchemy_errors(conn.dialect, sql, params):
             return run(cursor)
     finally:
         cursor.close()
 
 
 @contextmanager
-def _as_sqlalchemy_errors(conn: sa.Connection, sql: str, params: Any) -> Iterator[None]:
+def _as_sqlalchemy_errors(dialect: Any, sql: str, params: Any) -> Iterator[None]:
     """The driver's errors inside, raised as SQLAlchemy's for `sql`."""
     try:
         yield
-    except conn.dialect.loaded_dbapi.Error as error:
-        raise sa.exc.DBAPIError.instance(sql, params, error, conn.dialect.loaded_dbapi.Error) from error
+    except dialect.loaded_dbapi.Error as error:
+        raise sa.exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error) from error
 
 
 def _watched(engine: Engine) -> bool:
@@ -124,13 +124,13 @@ def _driver_transaction(conn: sa.Connection) -> Iterator[None]:
         if conn.in_transaction():
             conn.rollback()
         elif driver.in_transaction:
-            with _as_sqlalchemy_errors(conn, "ROLLBACK", ()):
+            with _as_sqlalchemy_errors(conn.dialect, "ROLLBACK", ()):
                 driver.rollback()
         raise
     if conn.in_transaction():
         conn.commit()
     else:
-        with _as_sqlalchemy_errors(conn, "COMMIT", ()):
+        with _as_sqlalchemy_errors(conn.dialect, "COMMIT", ()):
             driver.commit()
 
 
@@ -224,6 +224,7 @@ class Database:
 
         self._writer = BatchWriter(self._writer_transaction, self._writer_statement)
         self._writer_conn: tuple[int, sa.Connection] | None = None  # (pid, connection)
+        self._selects: dict[Any, _DirectSelect] = {}  # select_rows' compiled statements
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_engine = self.engine.execution_options(flagship_write=True)
         self.write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -237,6 +238,34 @@ class Database:
         with self.sessions() as session:
             with session.begin():
                 yield session
+
+    def select_rows(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of a read-only SELECT as tuples, with the values SQLAlchemy hands back.
+
+        For the hot path's one read (a unit's sticky assignments): on SQLite, with nothing
+        watching statements, it runs on a pooled connection's driver, compiled once, outside
+        any transaction (a single SELECT reads one consistent snapshot), at about a fifth
+        of the CPU of `Connection.execute`; elsewhere, through SQLAlchemy.
+        """
+        if not self.is_sqlite or _watched(self.engine):
+            with self.engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(statement, params)]
+        try:
+            direct = self._selects[statement]
+        except KeyError:
+            direct = self._selects[statement] = _DirectSelect(statement, self.engine.dialect)
+        values = direct.binds.parameters(params)
+        raw = self.engine.raw_connection()
+        try:
+            with _as_sqlalchemy_errors(self.engine.dialect, direct.binds.sql, values):
+                rows = raw.driver_connection.execute(direct.binds.sql, values).fetchall()
+        finally:
+            raw.close()
+        processors = direct.results
+        if not any(processors):
+            return rows
+        return [tuple(value if process is None or value is None else process(value)
+                      for process, value in zip(processors, row)) for row in rows]
 
     def write_lock(self) -> Any:
         """Held around every write transaction (a no-op on PostgreSQL)."""
@@ -502,6 +531,18 @@ class _Direct:
         except Exception as error:  # a value its type cannot store: as SQLAlchemy reports it
             raise sa.exc.StatementError(f"({type(error).__name__}) {error}", self.sql, row,
                                         error) from error
+
+
+class _DirectSelect:
+    """A SELECT compiled once for SQLite (`Database.select_rows`): its SQL and bind names and
+    processors, and the result processor of each selected column."""
+
+    __slots__ = ("binds", "results")
+
+    def __init__(self, statement: sa.Select[Any], dialect: Any) -> None:
+        self.binds = _Direct(statement.compile(dialect=dialect), dialect)
+        self.results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                             for column in statement.selected_columns)
 
 
 _PROCESS = object()  # in `_Direct.nulls`: call the processor for None too

@@ -270,3 +270,46 @@ def test_an_unknown_synchronous_setting_is_refused():
 
     with pytest.raises(ConfigError, match="FLAGSHIP_SQLITE_SYNCHRONOUS must be normal or full"):
         load_config({"SQLITE_SYNCHRONOUS": "off"})
+
+
+# -- select_rows: the hot path's read ------------------------------------------------------
+
+def _selected() -> sa.Select:
+    t = EventRecord.__table__
+    return sa.select(t.c.event_id, t.c.timestamp, t.c.properties, t.c.aggregated, t.c.value) \
+        .where(t.c.event_id.like(sa.bindparam("tag"))).order_by(t.c.event_id)
+
+
+def test_select_rows_hands_back_what_sqlalchemy_does(runtime, monkeypatch):
+    db = runtime.db
+    with db.write_connection() as conn:
+        insert_new(conn, EventRecord.__table__, _rows("read"))
+    query = _selected()
+    rows = db.select_rows(query, {"tag": "read-%"})
+    with db.engine.connect() as conn:
+        expected = [tuple(row) for row in conn.execute(query, {"tag": "read-%"})]
+    assert rows == expected and len(rows) == 4
+    assert rows[0][1] in (NOW, NOW.replace(tzinfo=None)) and rows[0][2]["nested"] == [1, {"x": True}] and rows[1][2] is None
+    assert rows[0][3] is False  # booleans, dates and JSON as SQLAlchemy makes them
+    assert db.select_rows(query, {"tag": "nothing-%"}) == []
+    assert db.select_rows(query, {"tag": "read-%"}) == expected  # the compiled statement again
+
+
+@SQLITE
+def test_select_rows_steps_aside_for_tracing_and_raises_sqlalchemy_errors(runtime):
+    db = runtime.db
+    seen: list[str] = []
+
+    def listen(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        assert db.select_rows(_selected(), {"tag": "x-%"}) == []
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", listen)
+    assert any("FROM events" in s for s in seen)
+    table = sa.Table("missing", sa.MetaData(), sa.Column("k", sa.Text, primary_key=True))
+    with pytest.raises(sa.exc.OperationalError):  # a 503 path, not a crash
+        db.select_rows(sa.select(table.c.k).where(table.c.k == sa.bindparam("k")), {"k": "x"})
+    assert db.engine.pool.checkedout() == 0  # the connection went back to the pool

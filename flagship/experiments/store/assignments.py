@@ -63,12 +63,13 @@ class SqlAssignments:
         table = ExposureRecord.__table__
         self.select = sa.select(table)
         # built once: on the hot path, building the WHERE clause cost more than running it
-        self._of_unit = self.select.where(table.c.unit == sa.bindparam("unit"))
+        self._of_unit = sa.select(table.c.experiment_key, table.c.unit, table.c.variant, table.c.layer_key,
+                                  table.c.assigned_at, table.c.epoch).where(table.c.unit == sa.bindparam("unit"))
 
     def for_unit(self, unit: str) -> dict[str, Assignment]:
-        with self._db.engine.connect() as conn:
-            rows = conn.execute(self._of_unit, {"unit": unit}).all()
-        return {row.experiment_key: _from_row(row) for row in rows}
+        rows = self._db.select_rows(self._of_unit, {"unit": unit})
+        return {experiment: Assignment(experiment, unit_, variant, layer, _utc(assigned_at), epoch)
+                for experiment, unit_, variant, layer, assigned_at, epoch in rows}
 
     def assign(self, assignment: Assignment) -> tuple[Assignment, bool]:
         if insert_exposure(self._db, assignment):
