@@ -313,3 +313,42 @@ def test_select_rows_steps_aside_for_tracing_and_raises_sqlalchemy_errors(runtim
     with pytest.raises(sa.exc.OperationalError):  # a 503 path, not a crash
         db.select_rows(sa.select(table.c.k).where(table.c.k == sa.bindparam("k")), {"k": "x"})
     assert db.engine.pool.checkedout() == 0  # the connection went back to the pool
+
+
+def test_a_first_assignment_alone_is_one_statement_and_credited_once(runtime, monkeypatch):
+    """An exposure alone in its commit takes the self-committing lane on SQLite (one INSERT,
+    no BEGIN/COMMIT); it is credited once, and stored as the transactional path stores it."""
+    from flagship.experiments.assignment import Assignment
+    from flagship.experiments.store import assignments
+
+    db, seen = runtime.db, []
+
+    def listen(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    first = Assignment("exp", "unit-1", "b", "layer", NOW, 2)
+    assert assignments.insert_exposure(db, first) is True
+    assert assignments.insert_exposure(db, Assignment("exp", "unit-1", "a", "layer", NOW, 2)) is False
+    with monkeypatch.context() as patch:  # the other path, for the stored row
+        patch.setattr(assignments, "_insert_exposure_alone", lambda conn, row: NOT_DONE)
+        assert assignments.insert_exposure(db, Assignment("exp", "unit-2", "b", "layer", NOW, 2)) is True
+    found = assignments.SqlAssignments(db)
+    assert found.for_unit("unit-1") == {"exp": first}
+    assert found.for_unit("unit-2")["exp"] == Assignment("exp", "unit-2", "b", "layer", NOW, 2)
+    with db.engine.connect() as conn:
+        raw = conn.exec_driver_sql("SELECT variant, layer_key, assigned_at, epoch, aggregated "
+                                   "FROM exposures ORDER BY unit").all()
+    assert raw[0] == raw[1]
+    if db.is_sqlite:  # the lane's whole write: one statement, no transaction around it
+        sa.event.listen(db.engine, "before_cursor_execute", listen)
+        try:
+            # traced: the writer keeps to a transaction, which tracing then sees
+            assert assignments.insert_exposure(db, Assignment("exp", "unit-3", "a", "l", NOW)) is True
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", listen)
+        assert seen[0] == "BEGIN IMMEDIATE"
+        calls = []
+        real = dbmod.insert_alone
+        monkeypatch.setattr(assignments, "insert_alone", lambda *a: calls.append(1) or real(*a))
+        assert assignments.insert_exposure(db, Assignment("exp", "unit-4", "a", "l", NOW)) is True
+        assert calls == [1]

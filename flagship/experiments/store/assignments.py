@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from redis.exceptions import RedisError
 
 from flagship import telemetry
-from flagship.db import Database, insert_new
+from flagship.db import Database, insert_alone, insert_new
 from flagship.experiments.assignment import Assignment, AssignmentStore
 from flagship.experiments.store.tables import ExposureRecord
 
@@ -37,12 +37,19 @@ def _from_row(row: Any) -> Assignment:
 def insert_exposure(db: Database, assignment: Assignment) -> bool:
     """Insert the exposure unless present; True if this call inserted it (race-free).
 
-    Concurrent first assignments are merged into one INSERT by the group-commit writer.
+    Concurrent first assignments are merged into one INSERT by the group-commit writer;
+    one alone in its commit is a single self-committing INSERT on SQLite.
     """
     values = {"experiment_key": assignment.experiment, "unit": assignment.unit,
               "variant": assignment.variant, "layer_key": assignment.layer,
               "assigned_at": assignment.assigned_at, "epoch": assignment.epoch}
-    return db.batched_merge("exposures", values, _insert_exposures)
+    return db.batched_merge("exposures", values, _insert_exposures, _insert_exposure_alone)
+
+
+def _insert_exposure_alone(conn: sa.Connection, row: dict[str, Any]) -> Any:
+    """`_insert_exposures(conn, [row])[0]` as one statement that commits by itself, for an
+    exposure alone in its commit (or NOT_DONE: see `insert_alone`)."""
+    return insert_alone(conn, ExposureRecord.__table__, row)
 
 
 def _insert_exposures(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[bool]:
