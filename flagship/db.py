@@ -511,16 +511,29 @@ def _insert_new_statement(conn: sa.Connection, table: sa.Table,
 class _Direct:
     """A statement compiled once for SQLite: its SQL, bind names and bind processors."""
 
-    __slots__ = ("sql", "names", "processors", "nulls")
+    __slots__ = ("sql", "names", "processors", "nulls", "_many")
 
     def __init__(self, compiled: Any, dialect: Any) -> None:
         self.sql = compiled.string
         self.names = tuple(compiled.positiontup)
+        self._many: dict[int, str | None] = {}
         self.processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
                                 for name in self.names)
         # what each processor makes of None, worked out once (a JSON column's None is
         # serialised on every row otherwise: most events carry no properties)
         self.nulls = tuple(_null_of(process) for process in self.processors)
+
+    def many(self, n: int) -> str | None:
+        """The statement inserting `n` rows at once (a multi-row VALUES), or None when the
+        SQL is not one single-row VALUES group to repeat."""
+        try:
+            return self._many[n]
+        except KeyError:
+            group = "(" + ", ".join("?" * len(self.names)) + ")"
+            head, found, tail = self.sql.partition(" VALUES " + group)
+            single = found and self.sql.count(group) == 1 and "?" not in head + tail
+            sql = self._many[n] = f"{head} VALUES {', '.join([group] * n)}{tail}" if single else None
+            return sql
 
     def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
         try:
@@ -589,12 +602,22 @@ def _run_direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,
         params = [direct.parameters(row) for row in rows]
         _on_driver(conn, lambda cursor: cursor.executemany(direct.sql, params), direct.sql, params)
         return []
+    # sqlite3's executemany returns no rows: many rows per multi-row INSERT instead, in
+    # chunks of at most 256 whose sizes are powers of two (few statements to compile)
     found: list[tuple[Any, ...]] = []
-    for row in rows:  # sqlite3's executemany returns no rows
-        one = direct.parameters(row)
-        found += _on_driver(conn, lambda cursor: cursor.execute(direct.sql, one).fetchall(),
-                            direct.sql, one)
+    start = 0
+    while start < len(rows):
+        size = min(MANY_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk, start = rows[start:start + size], start + size
+        sql = direct.many(size) if size > 1 else direct.sql
+        if sql is None:
+            sql, chunk, start = direct.sql, chunk[:1], start - size + 1
+        values = [value for row in chunk for value in direct.parameters(row)]
+        found += _on_driver(conn, lambda cursor: cursor.execute(sql, values).fetchall(), sql, values)
     return found
+
+
+MANY_ROWS = 256  # rows per multi-row INSERT of `_run_direct` (x columns: under SQLite's 32,766 binds)
 
 
 def _direct(conn: sa.Connection, key: tuple[Any, ...], statement: Any,

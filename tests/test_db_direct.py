@@ -352,3 +352,40 @@ def test_a_first_assignment_alone_is_one_statement_and_credited_once(runtime, mo
         monkeypatch.setattr(assignments, "insert_alone", lambda *a: calls.append(1) or real(*a))
         assert assignments.insert_exposure(db, Assignment("exp", "unit-4", "a", "l", NOW)) is True
         assert calls == [1]
+
+
+def _many_rows(tag: str, n: int) -> list[dict]:
+    return [{**row, "event_id": f"{tag}-{i:05d}", "unit": f"u{i}"}
+            for i, row in zip(range(n), _rows(tag) * (n // 4 + 1))]
+
+
+@SQLITE
+@pytest.mark.parametrize("n", [1, 3, 256, 257, 1000])
+def test_many_rows_insert_at_once_as_sqlalchemy_would(runtime, monkeypatch, n):
+    """Many rows with RETURNING go in multi-row INSERTs (chunks of powers of two): the rows
+    returned are exactly those inserted, a key twice in one call is inserted once, and the
+    stored rows are SQLAlchemy's."""
+    db, t = runtime.db, EventRecord.__table__
+    with db.write_connection() as conn:
+        insert_new(conn, t, _many_rows("d", n)[::3], ("event_id",))  # some are there already
+    rows = _many_rows("d", n)
+    rows.append(dict(rows[-1]))  # and one is listed twice
+    with db.write_connection() as conn:
+        returned = insert_new(conn, t, rows, ("event_id",))
+    expected = {r["event_id"] for r in _many_rows("d", n)} - {r["event_id"] for r in _many_rows("d", n)[::3]}
+    assert sorted(r[0] for r in returned) == sorted(expected)
+    with monkeypatch.context() as patch:
+        patch.setattr(dbmod, "_run_direct", lambda *args, **kwargs: None)
+        with db.write_connection() as conn:
+            insert_new(conn, t, _many_rows("o", n), ("event_id",))
+    assert [row[1:] for row in _stored(db, "d")] == [row[1:] for row in _stored(db, "o")]
+
+
+def test_a_statement_that_is_not_one_values_group_is_not_repeated():
+    direct = dbmod._Direct.__new__(dbmod._Direct)
+    direct.names, direct._many = ("a", "b"), {}
+    direct.sql = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING a"
+    assert direct.many(3) == ("INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?) "
+                              "ON CONFLICT DO NOTHING RETURNING a")
+    direct.sql, direct._many = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO UPDATE SET b = ?", {}
+    assert direct.many(2) is None

@@ -57,7 +57,8 @@ def write(conn: sa.Connection, batches: list[Batch]) -> list[int]:
         credited.append(len(mine))
         exposures += [batch.exposures[i] for i in mine if i in batch.exposures]
         batch.counts.update(accepted=len(mine), late=sum(1 for i in mine if i in batch.late))
-        repeated = [row["unit"] for row in batch.rows if row["event_id"] not in mine]
+        taken = set(mine)
+        repeated = [row["unit"] for row in batch.rows if row["event_id"] not in taken]
         batch.counts["duplicate"] += len(repeated)
         for unit, kind in [*batch.issues, *((u, "duplicate") for u in repeated)]:
             key = (unit, _hour(batch.now), kind)
