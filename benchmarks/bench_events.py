@@ -34,11 +34,17 @@ def batched_ingestion(port: int, seconds: float, batch: int = 1000, threads: int
     accepted = [0] * threads
     now = datetime.now(timezone.utc).isoformat()
 
+    run = uuid.uuid4().hex[:8]
+
     def client(n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        sent = 0
         while time.perf_counter() < stop:
-            items = [{"event_id": uuid.uuid4().hex, "unit": f"u{i}", "event": "purchase",
+            # unique ids from a counter: a uuid4 per event cost the client (which shares the
+            # server's cores) 2.7 µs of the server's ~45 µs per event
+            items = [{"event_id": f"{run}-{n}-{sent + i}", "unit": f"u{i}", "event": "purchase",
                       "value": 9.5, "timestamp": now} for i in range(batch)]
+            sent += batch
             conn.request("POST", "/api/v1/experiments/events/batch", body=json.dumps(items), headers=HEADERS)
             response = conn.getresponse()
             accepted[n] += json.loads(response.read())["accepted"]
