@@ -52,7 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
             "auto (rq when FLAGSHIP_REDIS_URL is set, else thread), rq (`flagship worker`), thread "
             "(inside `flagship serve`), off (system cron runs `flagship rollouts tick`)."),
     Setting("ROLLOUT_INTERVAL", 300, "Seconds between periodic rounds (rollout evaluation slots).", int),
-    Setting("AGGREGATE_INTERVAL", 2, "Seconds between in-process aggregation rounds in `serve` (0: off).", int),
+    Setting("AGGREGATE_INTERVAL", 2, "Seconds between aggregation rounds in `flagship jobs` (run by `serve`; 0: off).", int),
     Setting("STREAM_LIMIT", 4, "Most open event streams per server process (each holds a thread); "
             "more get 503 with Retry-After (0: streams off).", int),
     Setting("LOG_FORMAT", "text", "`text`: warnings and errors as plain lines; `json`: one JSON "

@@ -130,8 +130,8 @@ def _authorize_scrape() -> None:
 def _readyz() -> Any:
     from flagship.health import readiness
 
-    ready, report = readiness(current_app.extensions["flagship"],
-                              current_app.extensions.get("flagship.jobs"))
+    jobs = current_app.extensions.get("flagship.jobs")  # the jobs, or how to read their status
+    ready, report = readiness(current_app.extensions["flagship"], jobs() if callable(jobs) else jobs)
     headers = {"Cache-Control": "no-store"}
     if not ready:
         headers["Retry-After"] = "5"

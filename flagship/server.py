@@ -1,15 +1,23 @@
-"""`flagship serve`: gunicorn with one runtime, app and set of in-process jobs per worker."""
+"""`flagship serve`: gunicorn with one runtime and app per worker, and the periodic jobs
+in a process of their own next to the workers (`flagship jobs`, see `flagship.jobs`)."""
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+log = logging.getLogger("flagship.serve")
 
 
 class FlagshipServer(BaseApplication):
@@ -17,6 +25,8 @@ class FlagshipServer(BaseApplication):
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or _temporary_folder()
+        self.jobs = JobsProcess(os.path.join(folder, "flagship-jobs.json"))
         super().__init__()
 
     def load_config(self) -> None:
@@ -28,6 +38,8 @@ class FlagshipServer(BaseApplication):
         self.cfg.set("accesslog", None)
         self.cfg.set("errorlog", "-")
         self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("when_ready", lambda _arbiter: self.jobs.start())
+        self.cfg.set("on_exit", lambda _arbiter: self.jobs.stop())
 
     def load(self) -> Any:
         from flagship import jobs
@@ -44,7 +56,8 @@ class FlagshipServer(BaseApplication):
         configure_logging(runtime.config["LOG_FORMAT"])
         init_tracing(app, runtime)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
         app.wsgi_app = _terminated_chunked_bodies(app.wsgi_app)  # type: ignore[method-assign]
-        app.extensions["flagship.jobs"] = jobs.start(jobs.server_jobs(runtime))
+        # the periodic jobs run in the jobs process; /readyz reports them from its status file
+        app.extensions["flagship.jobs"] = functools.partial(jobs.read_status, self.jobs.status_path)
         # Everything imported and built so far lives as long as the process: keep it out
         # of the cyclic GC's scans. A full collection walking it stalled all requests for
         # ~130 ms every few seconds under load.
@@ -53,12 +66,95 @@ class FlagshipServer(BaseApplication):
         return app
 
 
-def _child_exit(_server: Any, worker: Any) -> None:
-    """gunicorn hook: a dead worker's live gauges stop counting in /metrics."""
+class JobsProcess:
+    """`flagship jobs` next to the workers: started by gunicorn's master once it is ready,
+    started again a second after it dies, stopped (SIGTERM) when the master exits; and it
+    exits by itself when the master is gone. A fresh interpreter, not a fork of the master.
+
+    Spawned with `posix_spawn`, not `subprocess`: Popen holds a pipe open until the child
+    has exec'd, and a gunicorn worker forked in that moment inherited its write end, so
+    Popen waited forever (seen in tests). And polled, not waited for: gunicorn's master
+    reaps every child (waitpid(-1)), ours too.
+    """
+
+    RESTART_SECONDS = 1.0
+    POLL_SECONDS = 0.5
+
+    def __init__(self, status_path: str) -> None:
+        self.status_path = status_path
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if os.path.exists(self.status_path):
+            os.remove(self.status_path)  # an earlier run's: not this one's jobs
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._supervise, name="flagship-jobs-supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        command = [sys.executable, "-m", "flagship.cli", "jobs", "--status-file", self.status_path,
+                   "--parent", str(os.getpid())]
+        while True:
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                pid = self._pid = os.posix_spawn(sys.executable, command, os.environ)
+            while (code := _exit_code(pid)) is None:
+                if self._stopping.wait(self.POLL_SECONDS):
+                    return
+            _forget_metrics(pid)
+            if self._stopping.is_set():
+                return
+            log.warning("flagship: the jobs process exited (%s); starting it again", code)
+            if self._stopping.wait(self.RESTART_SECONDS):
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the jobs process and wait for it (SIGKILL after `timeout`)."""
+        with self._lock:
+            self._stopping.set()
+            pid = self._pid
+        if pid is not None and _exit_code(pid) is None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _exit_code(pid) is None:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    deadline = float("inf")
+                time.sleep(0.05)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _exit_code(pid: int) -> str | None:
+    """How child `pid` ended, or None while it runs (reaping it if it ended)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "reaped by gunicorn"
+    return None if done == 0 else f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _temporary_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="flagship-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _forget_metrics(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(pid)
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """gunicorn hook: a dead worker's live gauges stop counting in /metrics."""
+    _forget_metrics(worker.pid)
 
 
 def prepare_metrics_dir() -> str:

@@ -1,7 +1,16 @@
-"""Periodic work: started by `flagship serve`, never by `create_app` or `make_runtime`."""
+"""Periodic work: started by `flagship jobs` (in a process of its own under `flagship serve`),
+never by `create_app` or `make_runtime`."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+
+import pytest
 
 from flagship import jobs
 from flagship.runtime import make_runtime
@@ -51,3 +60,114 @@ def test_server_jobs_aggregate_and_checkpoint_on_sqlite(database_url):
     off = make_runtime({"DATABASE_URL": database_url, "ENTRY_POINTS": False, "AGGREGATE_INTERVAL": 0})
     assert "flagship-aggregate" not in {job.name for job in jobs.server_jobs(off)}
     off.close()
+
+
+# -- the jobs process ----------------------------------------------------------------------
+
+def test_the_status_file_round_trip_and_what_readiness_makes_of_it(tmp_path):
+    from flagship.health import check_jobs
+
+    path = str(tmp_path / "jobs.json")
+    assert jobs.read_status(path) is None  # not written yet: the process is starting
+    assert check_jobs(jobs.read_status(path))["status"] == "not started"
+    ticker = jobs.Periodic("flagship-aggregate", 2, lambda: None)
+    ticker.start()
+    try:
+        ticker.run_once()
+        jobs.write_status(path, [ticker])
+    finally:
+        ticker.stop()
+    [seen] = jobs.read_status(path)
+    assert (seen.name, seen.interval, seen.running, seen.last_run) == ("flagship-aggregate", 2, True, ticker.last_run)
+    assert check_jobs([seen])["status"] == "ok"
+    stale = jobs.read_status(path, now=time.monotonic() + jobs.STATUS_STALE_SECONDS + 1)
+    assert stale[0].running is False  # not rewritten: the process is gone or hung
+    assert check_jobs(stale)["jobs"]["flagship-aggregate"]["status"] == "stopped"
+    (tmp_path / "jobs.json").write_text("{not json")
+    assert check_jobs(jobs.read_status(path))["status"] == "degraded"
+
+
+def _wait(predicate, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def test_flagship_jobs_runs_the_jobs_until_sigterm(tmp_path):
+    from flagship.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    upgrade(url)
+    status = tmp_path / "jobs.json"
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": url, "FLAGSHIP_AGGREGATE_INTERVAL": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "flagship.cli", "jobs", "--status-file", str(status)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ran = _wait(lambda: [j for j in jobs.read_status(str(status)) or []
+                             if j.name == "flagship-aggregate" and j.last_run], 30)
+        assert ran[0].running and ran[0].last_error is None
+        names = {j.name for j in jobs.read_status(str(status))}
+        assert names == {"flagship-rounds", "flagship-aggregate", "flagship-checkpoint"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, out
+    assert not any(j.running for j in jobs.read_status(str(status)))  # it said it stopped
+
+
+@pytest.mark.xdist_group("serve")
+def test_serve_runs_the_jobs_in_a_process_of_its_own_and_restarts_it(tmp_path):
+    """The periodic jobs run in a child of the master next to the two workers; it comes back
+    when killed, reports to the workers' /readyz, and goes with the master."""
+    from tests.test_observability import _free_port, _request
+
+    port, metrics = _free_port(), tmp_path / "metrics"
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}",
+           "FLAGSHIP_PORT": str(port), "FLAGSHIP_WORKERS": "2", "FLAGSHIP_AUTH": "false",
+           "FLAGSHIP_PLUGINS": "", "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    server = subprocess.Popen([sys.executable, "-m", "flagship.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    status = str(metrics / "flagship-jobs.json")
+
+    def ready_jobs():
+        try:
+            code, body = _request(port, "GET", "/readyz")
+        except OSError:
+            return None
+        report = json.loads(body)["checks"]["jobs"]
+        return report if code == 200 and report["status"] == "ok" else None
+    try:
+        report = _wait(ready_jobs, 60)
+        assert set(report["jobs"]) == {"flagship-rounds", "flagship-aggregate", "flagship-checkpoint"}
+        first = json.loads(open(status).read())["pid"]
+        children = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(server.pid)],
+                                  capture_output=True, text=True).stdout.splitlines()
+        jobs_line = [line for line in children if line.split()[0] == str(first)]
+        assert jobs_line and "flagship.cli jobs" in jobs_line[0], children  # the master's child
+        assert len(children) == 3  # and two workers
+        os.kill(first, signal.SIGKILL)
+
+        def restarted():
+            try:
+                pid = json.loads(open(status).read())["pid"]
+            except (OSError, ValueError):  # not written yet by the new process
+                return None
+            return pid if pid != first else None
+        second = _wait(restarted, 30)
+        assert _wait(ready_jobs, 30)
+    finally:
+        server.terminate()
+        server.wait(30)
+    _wait(lambda: not _alive(second), 10)  # the jobs process went with the master
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -172,6 +172,26 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     run_gunicorn(settings)
 
 
+@main.command("jobs")
+@click.option("--status-file", default=None,
+              help="Write the jobs' status here every second (what `serve`'s /readyz reports).")
+@click.option("--parent", type=int, default=None, hidden=True,
+              help="Exit when this process (the gunicorn master that started us) is gone.")
+def jobs_command(status_file: str | None, parent: int | None) -> None:
+    """Run the periodic jobs in the foreground: aggregation, WAL checkpoints, the rollout round.
+
+    `flagship serve` runs this in a process of its own next to its workers; run it yourself
+    when the app is served some other way. Stops on SIGTERM or Ctrl-C.
+    """
+    from flagship.jobs import run_jobs
+    from flagship.observability import configure_logging
+    from flagship.runtime import make_runtime
+
+    runtime = make_runtime(server=True)
+    configure_logging(runtime.config["LOG_FORMAT"])
+    run_jobs(runtime, status_file, parent)
+
+
 def _register_more_commands() -> None:
     from flagship.cli.configfile import config
     from flagship.cli.data import events, experiments
