@@ -6,6 +6,9 @@ closed-loop maximum throughput; GET /api/v1/sdk/snapshot 304 latency with 1,000 
 Also: POST /experiments/{key}/assign at the same rate, every request a new unit, so
 each one persists a sticky assignment and an exposure on SQLite.
 Targets: evaluate and assign p99 <= 10 ms at 500 requests/s; snapshot 304 p50 <= 2 ms.
+After each open-loop figure, the same requests at the same rate against a bare Flask app
+under the same gunicorn model (benchmarks/bare_app.py): the machine's latency floor in
+the same minute, for the tail latency of these machines swings several-fold between runs.
 
     python benchmarks/bench_http.py [--rate 500] [--seconds 10]
 """
@@ -46,6 +49,28 @@ def start_server(tmp: Path, port: int, admin_key: str, database_url: str | None 
             time.sleep(0.2)
     proc.kill()
     raise SystemExit("server did not start")
+
+
+def start_bare(port: int) -> subprocess.Popen:
+    """benchmarks/bare_app.py (2 workers x 8 threads, like `flagship serve`) on `port`."""
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "bare_app.py"), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if request(port, "GET", "/healthz", None, {})[0] == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the bare Flask app did not start")
+
+
+def floor(port: int, rate: int, seconds: float, make) -> str:
+    """The bare app's latency for the same requests at the same rate, as a printed note."""
+    bare = open_loop(port, {}, rate, seconds, make=make)
+    return (f"  bare Flask, same requests and rate, just after: p50 {bare['p50_ms']:.2f} ms, "
+            f"p99 {bare['p99_ms']:.2f} ms (the machine's floor now)")
 
 
 def request(port: int, method: str, path: str, body: object, headers: dict,
@@ -243,8 +268,9 @@ def main() -> None:
     key = "fsk_admin_benchmark_key_0000000000000000"
     headers = {"Authorization": f"Bearer {key}"}
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
+        port, bare_port = free_port(), free_port()
         server = start_server(Path(tmp), port, key)
+        bare = start_bare(bare_port)
         try:
             seed(port, headers, args.flags)
             open_loop(port, headers, 200, 1)  # warm up both workers' caches
@@ -253,6 +279,8 @@ def main() -> None:
                   f"achieved {result['achieved_rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
                   f"p95 {result['p95_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
                   f"max {result['max_ms']:.0f} ms, errors {result['errors']} (target p99 <= 10 ms)")
+            open_loop(bare_port, {}, 200, 1)  # warm up both bare workers
+            print(floor(bare_port, args.rate, args.seconds, evaluate_body))
             print(f"POST /evaluate closed loop, 8 connections: {closed_loop(port, headers, 5):.0f} req/s")
             seed_experiment(port, headers)
             # warm up: each worker recompiles the snapshot once after the experiment starts
@@ -263,6 +291,7 @@ def main() -> None:
                   f"p50 {sticky['p50_ms']:.2f} ms, p95 {sticky['p95_ms']:.2f} ms, "
                   f"p99 {sticky['p99_ms']:.2f} ms, max {sticky['max_ms']:.0f} ms, "
                   f"errors {sticky['errors']} (target p99 <= 10 ms)")
+            print(floor(bare_port, args.rate, args.seconds, assign_body))
             again = open_loop(port, headers, args.rate, args.seconds, make=returning_body)
             print(f"POST /experiments/{{key}}/assign (returning units: sticky read) at {args.rate} req/s: "
                   f"p50 {again['p50_ms']:.2f} ms, p95 {again['p95_ms']:.2f} ms, "
@@ -271,8 +300,9 @@ def main() -> None:
             print(f"GET /sdk/snapshot 304 with {args.flags} flags ({snap['snapshot_bytes']} bytes body): "
                   f"p50 {snap['p50_ms']:.2f} ms, p99 {snap['p99_ms']:.2f} ms (target p50 <= 2 ms)")
         finally:
-            server.terminate()
-            server.wait(timeout=10)
+            for proc in (server, bare):
+                proc.terminate()
+                proc.wait(timeout=10)
 
 
 if __name__ == "__main__":
