@@ -141,8 +141,16 @@ def _exit_code(pid: int) -> str | None:
 
 def _temporary_folder() -> str:
     folder = tempfile.mkdtemp(prefix="flagship-")
-    atexit.register(shutil.rmtree, folder, True)
+    _remove_at_exit(folder)
     return folder
+
+
+def _remove_at_exit(folder: str) -> None:
+    """Remove `folder` when this process exits, not when a child forked from it does (a
+    gunicorn worker leaves through sys.exit, which runs the atexit handlers it inherited:
+    it removed the metrics folder and the jobs status under the master's feet)."""
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
 
 
 def _forget_metrics(pid: int) -> None:
@@ -169,7 +177,7 @@ def prepare_metrics_dir() -> str:
                 os.remove(os.path.join(given, name))
         return given
     folder = tempfile.mkdtemp(prefix="flagship-metrics-")
-    atexit.register(shutil.rmtree, folder, True)
+    _remove_at_exit(folder)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
     return folder
 

@@ -171,3 +171,22 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_forked_child_leaving_does_not_remove_the_servers_folders(tmp_path):
+    # gunicorn workers leave through sys.exit, which runs the atexit handlers they inherited
+    folder = tmp_path / "owned"
+    folder.mkdir()
+    code = f"""
+import os, sys
+from flagship.server import _remove_at_exit
+_remove_at_exit({str(folder)!r})
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+os.waitpid(pid, 0)
+assert os.path.isdir({str(folder)!r}), "removed by the child"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not folder.exists()  # by its owner, at its exit
