@@ -107,14 +107,14 @@ class Server:
             conn.close()
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    """Poll `predicate()` until it is truthy or `timeout` seconds pass."""
+def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> Any:
+    """Poll `predicate()` until it is truthy or `timeout` seconds pass; its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        if value := predicate():
+            return value
         time.sleep(interval)
-    return bool(predicate())
+    return predicate()
 
 
 _shared: Server | None = None

@@ -14,6 +14,7 @@ import pytest
 
 from flagship import jobs
 from flagship.runtime import make_runtime
+from tests.sdk_server import wait_for
 
 
 def test_periodic_runs_until_stopped_and_survives_failures():
@@ -87,16 +88,6 @@ def test_the_status_file_round_trip_and_what_readiness_makes_of_it(tmp_path):
     assert check_jobs(jobs.read_status(path))["status"] == "degraded"
 
 
-def _wait(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_flagship_jobs_runs_the_jobs_until_sigterm(tmp_path):
     from flagship.db import upgrade
 
@@ -107,8 +98,9 @@ def test_flagship_jobs_runs_the_jobs_until_sigterm(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "flagship.cli", "jobs", "--status-file", str(status)],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        ran = _wait(lambda: [j for j in jobs.read_status(str(status)) or []
-                             if j.name == "flagship-aggregate" and j.last_run], 30)
+        ran = wait_for(lambda: [j for j in jobs.read_status(str(status)) or []
+                                if j.name == "flagship-aggregate" and j.last_run], 30)
+        assert ran, "the aggregation job never ran"
         assert ran[0].running and ran[0].last_error is None
         names = {j.name for j in jobs.read_status(str(status))}
         assert names == {"flagship-rounds", "flagship-aggregate", "flagship-checkpoint"}
@@ -141,7 +133,8 @@ def test_serve_runs_the_jobs_in_a_process_of_its_own_and_restarts_it(tmp_path):
         report = json.loads(body)["checks"]["jobs"]
         return report if code == 200 and report["status"] == "ok" else None
     try:
-        report = _wait(ready_jobs, 60)
+        report = wait_for(ready_jobs, 60, interval=0.05)
+        assert report, "/readyz never reported the jobs ok"
         assert set(report["jobs"]) == {"flagship-rounds", "flagship-aggregate", "flagship-checkpoint"}
         first = json.loads(open(status).read())["pid"]
         children = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(server.pid)],
@@ -157,12 +150,13 @@ def test_serve_runs_the_jobs_in_a_process_of_its_own_and_restarts_it(tmp_path):
             except (OSError, ValueError):  # not written yet by the new process
                 return None
             return pid if pid != first else None
-        second = _wait(restarted, 30)
-        assert _wait(ready_jobs, 30)
+        second = wait_for(restarted, 30, interval=0.05)
+        assert second, "the jobs process was not started again"
+        assert wait_for(ready_jobs, 30, interval=0.05)
     finally:
         server.terminate()
         server.wait(30)
-    _wait(lambda: not _alive(second), 10)  # the jobs process went with the master
+    assert wait_for(lambda: not _alive(second), 10)  # the jobs process went with the master
 
 
 def _alive(pid: int) -> bool:
