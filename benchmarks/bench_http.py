@@ -10,7 +10,11 @@ After each open-loop figure, the same requests at the same rate against a bare F
 under the same gunicorn model (benchmarks/bare_app.py): the machine's latency floor in
 the same minute, for the tail latency of these machines swings several-fold between runs.
 
-    python benchmarks/bench_http.py [--rate 500] [--seconds 10]
+With `--noise 0.5`, a competing process busy-loops half of every 20 ms on the shared cores
+for the whole run (a noisy neighbour, made repeatable): the tail then shows whether
+flagship degrades more than the bare app under the same contention.
+
+    python benchmarks/bench_http.py [--rate 500] [--seconds 10] [--noise 0.5]
 """
 from __future__ import annotations
 
@@ -64,6 +68,26 @@ def start_bare(port: int) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise SystemExit("the bare Flask app did not start")
+
+
+NOISE = """
+import sys, time
+busy = float(sys.argv[1]) * 0.02
+while True:
+    end = time.perf_counter() + busy
+    while time.perf_counter() < end:
+        pass
+    time.sleep(0.02 - busy)
+"""
+
+
+def start_noise(duty: float) -> subprocess.Popen | None:
+    """A process that keeps a core busy `duty` of every 20 ms until killed (0: none)."""
+    if duty <= 0:
+        return None
+    if duty >= 1:
+        raise SystemExit("--noise is the busy share of each 20 ms: below 1")
+    return subprocess.Popen([sys.executable, "-c", NOISE, str(duty)])
 
 
 def floor(port: int, rate: int, seconds: float, make) -> str:
@@ -264,6 +288,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--flags", type=int, default=1000)
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="busy share of a competing process on the shared cores (0 to <1)")
     args = parser.parse_args()
     key = "fsk_admin_benchmark_key_0000000000000000"
     headers = {"Authorization": f"Bearer {key}"}
@@ -271,6 +297,9 @@ def main() -> None:
         port, bare_port = free_port(), free_port()
         server = start_server(Path(tmp), port, key)
         bare = start_bare(bare_port)
+        noise = start_noise(args.noise)
+        if noise is not None:
+            print(f"with a competing process busy {args.noise:.0%} of the time on the shared cores")
         try:
             seed(port, headers, args.flags)
             open_loop(port, headers, 200, 1)  # warm up both workers' caches
@@ -300,7 +329,7 @@ def main() -> None:
             print(f"GET /sdk/snapshot 304 with {args.flags} flags ({snap['snapshot_bytes']} bytes body): "
                   f"p50 {snap['p50_ms']:.2f} ms, p99 {snap['p99_ms']:.2f} ms (target p50 <= 2 ms)")
         finally:
-            for proc in (server, bare):
+            for proc in (server, bare, *([noise] if noise else [])):
                 proc.terminate()
                 proc.wait(timeout=10)
 

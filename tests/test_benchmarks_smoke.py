@@ -25,3 +25,16 @@ def test_sufficient_statistics_benchmark_runs():
                           cwd=BENCHMARKS)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sufficient statistics, 3,000 exposed units" in done.stdout
+
+
+def test_http_benchmark_runs_with_a_noisy_neighbour():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_http.py"), "--seconds", "1", "--rate", "100",
+                           "--flags", "5", "--noise", "0.3"],
+                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "with a competing process busy 30% of the time" in out
+    assert out.count("the machine's floor now") == 2 and "errors 0" in out and "GET /sdk/snapshot 304" in out
+    # the competing process went with the run
+    left = subprocess.run(["pgrep", "-f", "busy = float"], capture_output=True, text=True)
+    assert left.stdout == ""
