@@ -1,4 +1,5 @@
-"""The benchmarks that read the store directly still run against today's schema.
+"""The benchmarks still run: those that read the store directly against today's schema,
+and bench_http's options.
 
 `make bench` is not part of CI, and two of them had silently broken when the store
 changed; a tiny run of each keeps them honest (their figures are not checked here).
