@@ -27,6 +27,8 @@ from typing import Any, Callable
 import marshmallow as ma
 from flask import Flask
 
+from flagship.experiments.events import MAX_EVENT_VALUE
+
 ERROR = "Error"
 PATH_PARAM = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 CALLS_ENVIRONMENT = re.compile(r"(?<![\w.])environment\(")
@@ -156,7 +158,8 @@ EVENT_SCHEMA: dict[str, Any] = {
         "unit": {"type": "string", "minLength": 1, "maxLength": 256},
         "event": {"type": "string", "minLength": 1, "maxLength": 128,
                   "description": "names starting with '$' are reserved ($exposure)"},
-        "value": {"type": "number", "nullable": True, "description": "default 1"},
+        "value": {"type": "number", "nullable": True, "minimum": -MAX_EVENT_VALUE,
+                  "maximum": MAX_EVENT_VALUE, "description": "default 1"},
         "timestamp": {"type": "string", "format": "date-time",
                       "description": "default: when received"},
         "properties": {"type": "object", "description": "at most 8 KiB, 32 levels deep"},

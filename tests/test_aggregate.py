@@ -1,11 +1,13 @@
 """Attribution and per-unit aggregation against a plain-Python computation, both backends."""
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from flagship.experiments import results
 from flagship.experiments.analysis.variants import from_sums
@@ -13,6 +15,7 @@ from flagship.experiments.ingest import ingest
 from flagship.experiments.store import aggregates as aggregate
 from flagship.experiments.store import reads
 from flagship.experiments.store.config import metrics_by_key
+from flagship.experiments.store.tables import EventRecord
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 V = "/api/v1"
@@ -298,3 +301,36 @@ def test_a_round_marks_only_the_exposures_it_read(setup, monkeypatch):
     assert pending == {**{u: True for u in units}, **{u: False for u in late}}
     assert aggregate.run_round(setup.db) == taken
     assert results.read(setup, "exp").counts == {"a": len(units), "b": len(late), "c": 0}
+
+
+def test_event_values_are_bounded_and_a_stored_huge_one_cannot_stall_aggregation(setup, client, admin):
+    # two finite purchases of 1.5e308 made one unit's sums infinite, and every aggregation
+    # round failed from then on, for every experiment: such values are refused at the door
+    batch = [{"event_id": "h1", "unit": "u1", "event": "purchase", "value": 1.5e308},
+             {"event_id": "h2", "unit": "u1", "event": "purchase", "value": 2 ** 70},
+             {"event_id": "edge", "unit": "u1", "event": "purchase", "value": -1e15}]
+    body = client.post(V + "/experiments/events/batch", json=batch, headers=admin).json
+    assert body["accepted"] == 1 and [r["index"] for r in body["rejected"]] == [0, 1]
+    assert body["rejected"][0]["errors"]["value"] == ["must be between -1e+15 and 1e+15"]
+    single = client.post(V + "/experiments/events", json=batch[0], headers=admin)
+    assert single.status_code == 422 and "value" in single.json["errors"]["json"]
+    # a value stored before the bound is left out of the metrics; the round goes on
+    at = T0 + timedelta(hours=1)
+    send(setup, {"big": ("a", at), "small": ("b", at)}, [])
+    table = EventRecord.__table__
+    with setup.db.engine.begin() as conn:
+        conn.execute(table.insert(), [
+            {"event_id": f"old-{i}", "environment": "production", "unit": "big", "event": "purchase",
+             "value": 1.5e308, "timestamp": at + timedelta(minutes=1), "received_at": at,
+             "aggregated": False} for i in range(2)])
+    ingest(setup, [{"event_id": "fine", "unit": "small", "event": "purchase", "value": 4,
+                    "timestamp": (at + timedelta(minutes=2)).isoformat()}], now=T0 + timedelta(days=1))
+    aggregate.catch_up(setup.db)
+    with setup.db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(table)
+                            .where(sa.not_(table.c.aggregated))).scalar() == 0
+        metric = metrics_by_key(conn, ["revenue"])["revenue"]
+        values = reads.unit_values(conn, "exp", metric)
+    assert values["small"] == ("b", 4.0, 0.0, 0.0) and values.get("big", ("a", 0.0, 0.0, 0.0))[1] == 0.0
+    stats = results.read(setup, "exp").stats["revenue"]
+    assert all(math.isfinite(s.sum) and math.isfinite(s.sum_sq) for s in stats.values())

@@ -13,6 +13,10 @@ EXPOSURE = "$exposure"
 FIELDS = frozenset({"event_id", "unit", "event", "value", "timestamp", "properties",
                     "experiment", "variant"})
 MAX_PROPERTIES_BYTES = 8192
+# An event's value, either sign: beyond about 9e15 a float no longer holds every integer,
+# and a unit's sums of squares and products must stay finite however many events it sends
+# (one 1.5e308 purchase made the per-unit sums infinite and stopped every aggregation round).
+MAX_EVENT_VALUE = 1e15
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ def _value(item: Mapping[str, Any], errors: Errors) -> float:
         number = None
     if number is None or not math.isfinite(number):
         errors["value"] = ["must be a finite number"]
+        return 0.0
+    if abs(number) > MAX_EVENT_VALUE:
+        errors["value"] = [f"must be between -{MAX_EVENT_VALUE:.0e} and {MAX_EVENT_VALUE:.0e}"]
         return 0.0
     return number
 

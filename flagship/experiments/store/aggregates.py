@@ -17,6 +17,7 @@ for its data-quality counters.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Iterator
 import sqlalchemy as sa
 
 from flagship.db import Database, upsert
+from flagship.experiments.events import MAX_EVENT_VALUE
 from flagship.experiments.model import Metric, load_experiment
 from flagship.experiments.store import events, sums
 from flagship.experiments.store.config import metrics_by_key
@@ -36,6 +38,8 @@ from flagship.experiments.store.tables import (AggregationStateRecord, AnalysisS
 
 CHUNK = 500
 LATE_AFTER = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Deltas:
         self.rows: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         self.quality: dict[tuple[str, datetime, str], int] = {}
         self.plans, self.late_after = plans, late_after
+        self.skipped = 0  # pairs left out: an event value beyond MAX_EVENT_VALUE
         self._by_event: dict[str, list[tuple[Plan, Metric, str]]] = {}
         for plan in plans.values():
             for metric in plan.metrics:
@@ -126,6 +131,11 @@ class Deltas:
 
     def pair(self, event: Any, exposure: Any) -> None:
         """Fold one (event, exposure) pair in."""
+        if not abs(event.value) <= MAX_EVENT_VALUE:
+            # stored before ingestion bounded values: it would make the unit's sums
+            # infinite and fail every round after it, for every experiment
+            self.skipped += 1
+            return
         ts, assigned = utc(event.timestamp), utc(exposure.assigned_at)
         for plan, metric, role in self._by_event.get(event.event, ()):
             if plan.key != exposure.experiment_key or plan.environment != event.environment:
@@ -289,6 +299,9 @@ def _collect(conn: sa.Connection, plans: dict[str, Plan], batch: int, late_after
             if exposure.aggregated or (exposure.experiment_key, exposure.unit) in taken:
                 deltas.pair(event, exposure)
                 deltas.count(event, exposure)
+    if deltas.skipped:
+        log.warning("left %d event(s) out of the metrics: their value is beyond +-%g (stored "
+                    "before ingestion bounded values)", deltas.skipped, MAX_EVENT_VALUE)
     increments = list(deltas.rows.values())
     sum_rows, unit_rows = _unit_writes(increments, plans, _old_rows(conn, increments))
     return _Work(
