@@ -40,6 +40,35 @@ def test_hook_register_operators(plugin_app):
     assert condition["operator"] == "is_even"
 
 
+def test_a_missing_plugin_costs_its_flags_not_the_environment(plugin_app, database_url, caplog):
+    """A process without the plugin whose operator a stored flag uses (a restart that lost
+    FLAGSHIP_PLUGINS): that flag answers ERROR with its default, like the SDK's; every other
+    flag, the SDK snapshot and OFREP keep serving. It used to be a 422 for all of them."""
+    client = plugin_app.test_client()
+    rule = {"kind": "force", "variant": "on",
+            "conditions": [{"attribute": "seats", "operator": "is_even", "values": []}]}
+    assert client.post("/api/v1/flags", json=boolean_flag(rules=[rule])).status_code == 201
+    assert client.post("/api/v1/flags", json=boolean_flag("plain", enabled=True)).status_code == 201
+    without = make_app(database_url, AUTH=False)
+    try:
+        bare = without.test_client()
+        with caplog.at_level("WARNING", logger="flagship.serving.cache"):
+            result = bare.post("/api/v1/evaluate", json={"context": {"key": "u1", "seats": 4}})
+            assert result.status_code == 200, result.json
+            flags = result.json["flags"]
+            assert flags["plain"]["reason"] != "ERROR"
+            assert flags["new-checkout"]["reason"] == "ERROR" and flags["new-checkout"]["variant"] == "off"
+            assert "not available" in flags["new-checkout"]["error_message"]
+            assert bare.get("/api/v1/sdk/snapshot").status_code == 200
+            ofrep = bare.post("/ofrep/v1/evaluate/flags/plain", json={"context": {"targetingKey": "u1"}})
+            assert ofrep.status_code == 200, ofrep.json
+            bare.post("/api/v1/evaluate", json={"context": {"key": "u2"}})
+        warned = [r.getMessage() for r in caplog.records if "is_even" in r.getMessage()]
+        assert len(warned) == 1 and "FLAGSHIP_PLUGINS" in warned[0]
+    finally:
+        without.extensions["flagship"].db.dispose()
+
+
 def test_hook_track_event(plugin_app):
     """track_event fires after commit with the audit record."""
     client = plugin_app.test_client()

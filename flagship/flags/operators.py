@@ -7,7 +7,7 @@ model validator and the compiler. Nothing here runs a plugin manager.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from flagship.errors import ConfigError
 
@@ -93,3 +93,14 @@ def operators_used(document: Any) -> set[str]:
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def with_placeholders(document: Any, operators: Mapping[str, Operator]
+                      ) -> tuple[Mapping[str, Operator], list[str]]:
+    """`operators`, plus a `placeholder` for each operator the `document` uses and they lack;
+    and the names of those (sorted). The server and the SDK compile snapshots with these, so a
+    plugin missing in one process costs the flags that use it, not the whole environment."""
+    missing = sorted(operators_used(document) - set(operators))
+    if not missing:
+        return operators, []
+    return {**operators, **{name: placeholder(name) for name in missing}}, missing

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from flagship.errors import ValidationError
 from flagship.flags.traffic import ACTIVE
-from flagship.flags.operators import Operator, operators_used, placeholder
+from flagship.flags.operators import Operator, with_placeholders
 from flagship.flags.snapshot import Snapshot
 
 log = logging.getLogger("flagship.sdk")
@@ -79,15 +79,13 @@ def compile_document(doc: Any, etag: str | None, source: str,
     placeholder: the flags using it answer ERROR when they reach it, every other flag and
     every later update still arrive (refusing the document would freeze the client on an
     old snapshot, kill switches included). It is logged once per operator."""
-    missing = sorted(operators_used(doc) - set(operators))
-    if missing:
-        for name in missing:
-            if name not in _WARNED:
-                _WARNED.add(name)
-                log.warning("the snapshot uses operator %r, which this client does not have: flags "
-                            "reaching it answer ERROR; pass the plugin's operators to Client("
-                            "operators=...)", name)
-        operators = {**operators, **{name: placeholder(name) for name in missing}}
+    operators, missing = with_placeholders(doc, operators)
+    for name in missing:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            log.warning("the snapshot uses operator %r, which this client does not have: flags "
+                        "reaching it answer ERROR; pass the plugin's operators to Client("
+                        "operators=...)", name)
     snapshot = Snapshot.from_dict(doc, operators)
     return Current(snapshot, etag, source, experiment_flags(snapshot),
                    {key: flag.type for key, flag in snapshot.flags.items()})

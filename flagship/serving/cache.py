@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,13 @@ import sqlalchemy as sa
 
 from flagship import telemetry
 from flagship.db import Database, MetaRecord
-from flagship.errors import NotFoundError
+from flagship.errors import NotFoundError, ValidationError
 from flagship.experiments.store import config as experiment_store
 from flagship.flags import store as flag_store
+from flagship.flags.operators import with_placeholders
 from flagship.flags.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SnapshotCache:
         self._settle_gc = settle_gc
         self._lock = threading.Lock()
         self._current: dict[str, CompiledSnapshot] = {}
+        self._warned: set[str] = set()  # operators reported missing (once per process)
 
     def get(self, environment: str = "production", at_least: int = 0) -> CompiledSnapshot:
         """`environment`'s snapshot at the store's current revision (NotFoundError if unknown);
@@ -76,7 +81,24 @@ class SnapshotCache:
         etag = '"' + tag.hexdigest()[:40] + '"'
         telemetry.SNAPSHOT_REBUILDS.labels(environment).inc()
         telemetry.SNAPSHOT_REVISION.set(int(revision))
-        return CompiledSnapshot(int(revision), Snapshot.from_dict(doc, self._operators), body, etag)
+        return CompiledSnapshot(int(revision), self._compile(environment, doc), body, etag)
+
+    def _compile(self, environment: str, doc: dict[str, Any]) -> Snapshot:
+        try:
+            return Snapshot.from_dict(doc, self._operators)
+        except ValidationError:
+            # a stored flag may use a plugin's operator that this process has not loaded
+            # (written by a process that had it): stand in for it, as the SDK does
+            operators, missing = with_placeholders(doc, self._operators)
+            if not missing:
+                raise
+        for name in missing:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("flags in environment %r use operator %r, which no loaded plugin "
+                            "provides: they answer ERROR where a condition needs it; load the "
+                            "plugin (FLAGSHIP_PLUGINS or its entry point)", environment, name)
+        return Snapshot.from_dict(doc, operators)
 
 
 def _settle_gc() -> None:
