@@ -82,6 +82,9 @@ class Runtime:
     keys: KeyCache
     guardrails: Mapping[str, Any]
     clock: Callable[[], datetime] = utcnow
+    # checks a flag's new definition must pass, from the domains above flags (which flags
+    # may not import): (session, flag key, document before, document after) -> None or raise
+    flag_checks: tuple[Callable[[Session, str, dict[str, Any], dict[str, Any]], None], ...] = ()
 
     @contextmanager
     def change(self, actor: str) -> Iterator[Tx]:
@@ -132,6 +135,7 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
     """
     from flagship.auth import KeyCache
     from flagship.config import load_config
+    from flagship.experiments.service import check_flag_definition
     from flagship.experiments.store.assignments import make_assignment_store
     from flagship.plugins import guardrail_table, make_plugin_manager, operator_table
     from flagship.serving.cache import SnapshotCache
@@ -149,7 +153,7 @@ def make_runtime(settings: Mapping[str, Any] | None = None, *, server: bool = Fa
     runtime = Runtime(config=config, db=db, plugins=plugins, operators=operators,
                       snapshots=snapshots, assignments=assignments,
                       evaluator=Evaluator(snapshots, assignments, utcnow), keys=KeyCache(),
-                      guardrails=guardrail_table(plugins))
+                      guardrails=guardrail_table(plugins), flag_checks=(check_flag_definition,))
     # the evaluator reads runtime.clock at call time, so tests (and jobs) can move the clock
     runtime.evaluator.clock = lambda: runtime.clock()
     return runtime

@@ -358,3 +358,30 @@ def test_referenced_metrics_must_exist(api):
     api("post", "/metrics", {"key": "ghost", "event": "boo", "kind": "count"}, 201)
     api("post", "/experiments", experiment(success_metrics=["ghost"]), 201)
     assert api("delete", "/metrics/ghost", status=409)["errors"]["experiments"] == ["exp-a"]
+
+
+def test_a_flag_cannot_lose_the_variants_or_type_an_experiment_splits_on(api, client, sdk):
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    api("post", "/experiments", experiment(traffic=100), 201)
+
+    def patch(change, status):
+        version = api("get", "/flags/colour")["version"]
+        return api("patch", "/flags/colour", {**change, "version": version}, status)
+
+    two = {"variants": {"red": "#f00", "green": "#0f0"}}
+    # a draft names its variants too: starting it later would split on a missing one
+    assert "'blue' is used by experiment 'exp-a'" in patch(two, 409)["errors"]["variants"][0]
+    api("post", "/experiments/exp-a/start")
+    refused = patch(two, 409)
+    assert "exp-a" in refused["message"] and "running" in refused["message"]
+    number = {"type": "number", "variants": {"red": 1, "blue": 2, "green": 3}}
+    assert patch(number, 409)["errors"]["type"] == ["used by experiment 'exp-a'"]
+    # nothing changed: units still split over both variants
+    seen = {assign(client, sdk, "exp-a", f"u{i}")["variant"] for i in range(40)}
+    assert seen == {"red", "blue"}
+    # what the experiment does not use may change; values stay editable
+    assert "teal" in patch({"variants": {"red": "#f00", "blue": "#00f", "green": "#0f0",
+                                         "teal": "#0ff"}}, 200)["variants"]
+    api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
+    assert "blue" not in patch(two, 200)["variants"]

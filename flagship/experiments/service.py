@@ -140,6 +140,27 @@ def _drop(rule_id: str) -> FlagChange:
     return change
 
 
+def check_flag_definition(session: Session, flag: str, before: dict[str, Any],
+                          after: dict[str, Any]) -> None:
+    """A flag's definition change that would corrupt an experiment on it is a 409: the
+    variants an unfinished experiment splits on must stay (removing one sent every unit to
+    the remaining variant, still reported as the split), and while one runs the flag's
+    type must stay (the treatment would change under it)."""
+    for record in store.experiments_of_flag(session, flag):
+        if record.status in FINISHED:
+            continue
+        gone = [v["variant"] for v in record.document["variants"] if v["variant"] not in after["variants"]]
+        if gone:
+            raise ConflictError(
+                f"experiment {record.key!r} ({record.status}) splits on variant(s) {', '.join(map(repr, gone))} "
+                "of this flag: they cannot be removed until it is completed or deleted",
+                {"variants": [f"{name!r} is used by experiment {record.key!r}" for name in gone]})
+        if record.status in ACTIVE and after["type"] != before["type"]:
+            raise ConflictError(
+                f"experiment {record.key!r} is {record.status} on this flag: its type cannot change "
+                "until the experiment is completed", {"type": [f"used by experiment {record.key!r}"]})
+
+
 def _flag_variants(session: Session, key: str, environment: str) -> dict[str, Any] | None:
     record = flag_store.get_flag(session, key, environment)
     return None if record is None else record.document["variants"]

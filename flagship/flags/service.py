@@ -281,6 +281,9 @@ def update_flag(tx: Tx, runtime: Runtime, record: FlagRecord, doc: dict[str, Any
     if not managed:
         _guard_managed(record.document, canonical)
     changed_definition = definition(canonical) != definition(record.document)
+    if changed_definition:
+        for check in runtime.flag_checks:
+            check(tx.session, record.key, record.document, canonical)
     if changed_definition and not everywhere:
         raise PermissionDeniedError("this changes the flag's definition, which every environment "
                                     "shares: use a key that is not bound to one environment")
