@@ -4,8 +4,22 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from flagship.runtime import Runtime, make_runtime
+
+MAX_ID = 2 ** 31 - 1  # a row id: INTEGER, 32 bits on PostgreSQL
+
+
+class IdConverter(IntegerConverter):
+    """`<int:...>` in every route: a row id, at most MAX_ID. A larger number matches no
+    route, a 404 like any unknown id, instead of overflowing the database driver (a 500:
+    SQLite's beyond 64 bits, PostgreSQL's INTEGER beyond 32); the OpenAPI document shows
+    the bound."""
+
+    def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None,  # noqa: A002
+                 max: int | None = MAX_ID, signed: bool = False) -> None:  # noqa: A002
+        super().__init__(map, fixed_digits, min, max, signed)
 
 
 def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None = None) -> Flask:
@@ -15,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     """
     runtime = runtime or make_runtime(config)
     app = Flask(__name__)
+    app.url_map.converters["int"] = IdConverter  # before any route is added
     app.config.update(runtime.config)
     app.config["MAX_CONTENT_LENGTH"] = runtime.config["MAX_BODY_BYTES"]
     app.json.sort_keys = False

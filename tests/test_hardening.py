@@ -46,6 +46,31 @@ def test_a_huge_version_in_restore_is_a_404(api):
                status=409)["code"] == 409
 
 
+def test_an_id_beyond_the_integer_column_is_a_404_on_every_route(client, admin):
+    """`/webhooks/99999999999999999999` overflowed the SQLite driver, and 2^31 PostgreSQL's
+    INTEGER: a 500 on every route with an integer id. Every such parameter is documented
+    with its bound and answers 404 beyond it."""
+    checked = 0
+    spec = client.get("/api/openapi.json").json
+    for path, method, op in _spec_operations(client):
+        ids = [p for p in spec["paths"][path].get("parameters", []) + op.get("parameters", [])
+               if p["in"] == "path" and p["schema"]["type"] == "integer"]
+        if not ids:
+            continue
+        assert all(p["schema"].get("maximum", 2 ** 64) <= 2 ** 31 - 1 for p in ids), (path, ids)
+        concrete = re.sub(r"\{\w+\}", lambda m: "99999999999999999999" if m.group(0)[1:-1] in
+                          {p["name"] for p in ids} else "f", path)
+        body = {} if method in ("post", "put", "patch") else None
+        response = client.open(concrete, method=method.upper(), json=body, headers=admin)
+        assert response.status_code == 404, (method, concrete, response.status_code, response.json)
+        checked += 1
+    assert checked >= 15
+    for beyond in (2 ** 31, 2 ** 63):
+        assert client.get(f"/api/v1/webhooks/{beyond}", headers=admin).status_code == 404
+    assert client.get(f"/api/v1/webhooks/{2 ** 31 - 1}", headers=admin).json["message"] == \
+        f"webhook {2 ** 31 - 1} not found"
+
+
 def _deep(levels: int) -> str:
     return "[" * levels + "]" * levels
 
