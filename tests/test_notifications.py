@@ -211,12 +211,17 @@ def test_webhook_crud_validation_and_secrets_shown_once(api, client, runtime, re
     created = hook(api, receiver, "a", ["rollout.*", "alert.*"], secret="s" * 20)
     assert created["secret"] == "s" * 20 and created["version"] == 1
     for bad, field in [({"url": "ftp://example.com/x"}, "url"), ({"url": "http:///nohost"}, "url"),
+                       # these three were a 500 (urlsplit raising) or stored as given
+                       ({"url": "http://[::1"}, "url"), ({"url": "http://x.com:99999/"}, "url"),
+                       ({"url": " http://x.com"}, "url"), ({"url": "http://x.com/\n"}, "url"),
                        ({"event_types": ["rollout.?"]}, "event_types.0"), ({"event_types": []}, "event_types"),
                        ({"environment": "nowhere"}, "environment"), ({"secret": "short"}, "secret")]:
         body = {"name": "b", "url": receiver.url("/b"), "event_types": ["*"], **bad}
         error = api("post", "/webhooks", body, 422)
         assert field in error["errors"]["json"], (bad, error)
     api("post", "/webhooks", {"name": "a", "url": receiver.url("/x"), "event_types": ["*"]}, 409)
+    assert "url" in api("patch", f"/webhooks/{created['id']}", {"url": "http://[zz", "version": 1},
+                        422)["errors"]["json"]
     changed = api("patch", f"/webhooks/{created['id']}", {"enabled": False, "secret": "t" * 20, "version": 1})
     assert not changed["enabled"] and changed["version"] == 2 and "secret" not in changed
     api("patch", f"/webhooks/{created['id']}", {"enabled": True, "version": 1}, 409)

@@ -89,8 +89,14 @@ def check_url(url: Any) -> str:
     """An absolute http(s) URL with a host (422 naming `url` otherwise)."""
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise ValidationError("must be an http:// or https:// URL of at most 2048 characters", field="url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValidationError(f"must not contain spaces or control characters, got {url!r}", field="url")
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # both parse lazily: a bad bracket or port raises
+    except ValueError as err:
+        raise ValidationError(f"is not a valid URL ({err}), got {url!r}", field="url") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ValidationError(f"must be an http:// or https:// URL with a host, got {url!r}", field="url")
     if parts.fragment:
         raise ValidationError("must not have a #fragment (it is never sent)", field="url")
