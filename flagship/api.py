@@ -26,6 +26,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed
 from flagship.auth import verify_key
 from flagship.errors import (AuthenticationError, ConflictError, FlagshipError, NotFoundError,
                              PermissionDeniedError, ValidationError)
+from flagship.flags.service import require_environment
 from flagship.jsonvalue import json_problem
 from flagship.runtime import Runtime
 
@@ -341,7 +342,13 @@ def environment(named: str | None = None) -> str:
             raise PermissionDeniedError(
                 f"this key is bound to environment {bound!r}; it cannot use {requested!r}")
         return bound
-    return requested or runtime().config["DEFAULT_ENVIRONMENT"]
+    if requested is None:
+        return runtime().config["DEFAULT_ENVIRONMENT"]
+    # a mistyped one is a 404 here, for every endpoint alike: some (events, alert rules,
+    # layers) used to act in it, storing what could never count or listing nothing
+    with runtime().db.session() as session:
+        require_environment(session, requested)
+    return requested
 
 
 def require_unbound(what: str) -> None:

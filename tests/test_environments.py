@@ -213,3 +213,20 @@ def test_keys_bound_to_an_environment(api, client, runtime, staging, runner):
                         headers=admin_staging).status_code == 403
     assert client.delete(V + "/flags/new-checkout", headers=admin_staging).status_code == 403
     assert client.post(V + "/keys", json={"name": "k2", "scope": "sdk"}, headers=admin_staging).status_code == 403
+
+
+def test_an_unknown_environment_is_a_404_everywhere(api, client, admin):
+    """Events and layers used to act in a mistyped environment: events were stored where
+    they could never count, a layer list came back empty."""
+    event = {"unit": "u1", "event": "click"}
+    for path, body in [("/experiments/events?environment=nope", event),
+                       ("/experiments/events/batch?environment=nope", [event])]:
+        response = client.post(V + path, json=body, headers=admin)
+        assert response.status_code == 404 and response.json["message"] == "environment 'nope' not found"
+    api("get", "/layers?environment=nope", status=404)
+    api("post", "/layers?environment=nope", {"key": "l"}, status=404)
+    assert [e["action"] for e in api("get", "/audit")["items"]] == ["api_key.create"]  # nothing else
+    # the known ones still work, by query and by default
+    assert client.post(V + "/experiments/events?environment=production", json=event,
+                       headers=admin).status_code == 202
+    assert api("get", "/layers?environment=production") == []

@@ -83,10 +83,12 @@ class _Targets(dict):
 
 
 def exposure_targets(runtime: Runtime, items: list[Any], environment: str) -> Any:
-    """What exposures may name, read only when the request carries exposures (they are checked)."""
+    """What exposures may name (they are checked). NotFoundError for an unknown environment:
+    events stored there could never count (the compiled snapshot is cached, so this costs
+    a lookup per request)."""
+    snapshot = runtime.snapshots.get(environment).snapshot
     if not any(isinstance(item, dict) and item.get("event") == EXPOSURE for item in items):
         return _Targets()
-    snapshot = runtime.snapshots.get(environment).snapshot
     targets = _Targets(snapshot.experiments)
     targets.subjects = snapshot.subjects
     return targets

@@ -100,11 +100,6 @@ class ExperimentAlertsSchema(ma.Schema):
     alerts = fields.List(fields.Nested(AlertSchema))
 
 
-def _listing_environment(named: str | None) -> str | None:
-    # alerts of every environment unless one is named (or the key is bound to one)
-    return environment(named) if named or bound_environment() else None
-
-
 @blp.route("/alerts")
 class Alerts(MethodView):
     @requires("admin")
@@ -112,8 +107,10 @@ class Alerts(MethodView):
     @blp.response(200, AlertPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List alerts, newest first (filter by status open|acknowledged|resolved, subject, environment)"""
+        named = args.get("environment")  # every environment's alerts unless one is named
+        scope = environment(named) if named or bound_environment() else None  # (or the key's)
         items, total = alerting.list_alerts(runtime(), status=args.get("status"), subject=args.get("subject"),
-                                            environment=_listing_environment(args.get("environment")),
+                                            environment=scope,
                                             page=args["page"], per_page=args["per_page"])
         return page_body(items, total, args["page"], args["per_page"])
 
