@@ -168,7 +168,9 @@ class FlagshipParser(FlaskParser):
     """webargs' parser reading the body Flask parsed (once, safely, after authentication)."""
 
     def _raw_load_json(self, req: Any) -> Any:
-        if not is_json_request(req):
+        if not is_json_request(req) or not req.get_data(cache=True):
+            # no body (an action sent with a JSON Content-Type and nothing else, as curl
+            # does): the schema says what is missing, by field, instead of a bare 400
             return webargs_core.missing
         return req.get_json(cache=True)
 
@@ -244,7 +246,13 @@ def _guard_request() -> None:
     limit = getattr(view, "_flagship_body_limit", None)
     if limit is not None:
         request.max_content_length = current_app.config[limit]
-    if request.method not in BODY_METHODS or not request.is_json or not _has_body():
+    if request.method not in BODY_METHODS or not _has_body():
+        return
+    if not request.is_json:
+        if scope is not None and request.path.startswith("/api/"):
+            # read as no body at all, it came back as every field missing
+            raise BadRequest("the body must be JSON (Content-Type: application/json), got "
+                             f"{request.content_type or 'no Content-Type'}")
         return
     request.get_data(cache=True)
     if request.content_length is None:

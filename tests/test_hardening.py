@@ -222,3 +222,24 @@ def test_every_response_has_a_request_id(client, admin):
     assert response.headers["X-Request-Id"] == "abc-123"
     generated = client.get("/api/v1/flags", headers={"X-Request-Id": "bad id <script>"})
     assert generated.status_code == 401 and len(generated.headers["X-Request-Id"]) == 32
+
+
+def test_a_body_that_is_not_declared_json_is_a_400_saying_so(client, admin):
+    body = json.dumps(boolean_flag("f"))
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {**admin, **({"Content-Type": content_type} if content_type else {})}
+        response = client.post("/api/v1/flags", data=body, headers=headers)
+        assert response.status_code == 400, (content_type, response.json)
+        assert response.json["message"].startswith("the body must be JSON (Content-Type: application/json)")
+    assert client.post("/api/v1/flags", data=body, headers={**admin, "Content-Type": "application/json"}
+                       ).status_code == 201
+
+
+def test_an_empty_json_body_names_what_is_missing_and_actions_take_none(client, admin):
+    empty = {**admin, "Content-Type": "application/json"}
+    response = client.post("/api/v1/flags", data=b"", headers=empty)
+    assert response.status_code == 422 and "key" in response.json["errors"]["json"]
+    # an action without a body, sent the way curl -H 'Content-Type: application/json' does
+    client.post("/api/v1/flags", json=boolean_flag("f"), headers=admin)
+    response = client.post("/api/v1/flags/f/enable", data=b"", headers=empty)
+    assert response.status_code == 200, response.json
