@@ -106,3 +106,13 @@ def test_serve_migrates_bootstraps_an_admin_key_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_refuses_a_default_environment_that_does_not_exist(tmp_path):
+    env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp_path / 'typo.db'}",
+           "FLAGSHIP_DEFAULT_ENVIRONMENT": "prodution", "FLAGSHIP_PORT": "1"}
+    done = subprocess.run([sys.executable, "-m", "flagship.cli", "serve"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "FLAGSHIP_DEFAULT_ENVIRONMENT='prodution' names no environment; there are: production" \
+        in done.stderr

@@ -140,6 +140,24 @@ def ensure_admin_key(runtime: Any, out: Any = sys.stderr) -> str | None:
     return secret
 
 
+def check_default_environment(runtime: Any) -> None:
+    """FLAGSHIP_DEFAULT_ENVIRONMENT must name an environment: a typo started a server that
+    answered every call naming none with 404. Not checked before migrations ran (/readyz
+    reports those)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from flagship.environments import list_environments
+
+    try:
+        known = [env["key"] for env in list_environments(runtime)]
+    except SQLAlchemyError:
+        return
+    default = runtime.config["DEFAULT_ENVIRONMENT"]
+    if known and default not in known:
+        raise click.UsageError(f"FLAGSHIP_DEFAULT_ENVIRONMENT={default!r} names no environment; "
+                               f"there are: {', '.join(known)} (create it first, or pick one)")
+
+
 @main.command("serve")
 @click.option("--host", default=None, help="Bind address [FLAGSHIP_HOST, 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [FLAGSHIP_PORT, 8000].")
@@ -164,6 +182,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         logging.getLogger("flagship.serve").error(
             "FLAGSHIP_REDIS_URL is set but Redis cannot be reached (%s): serving anyway; sticky "
             "assignments use the SQL exposures table until it is back", problem)
+    check_default_environment(runtime)
     if runtime.config["AUTH"]:
         ensure_admin_key(runtime)
     runtime.db.dispose()  # each gunicorn worker opens its own connections after fork
