@@ -217,3 +217,14 @@ def test_a_pending_approval_is_reminded_without_a_new_transition(api, runtime, s
     move(runtime, clock, INTERVAL)
     round_(runtime, clock)
     assert len(events("rollout.reminder")) == 1  # not again within the hour
+
+
+def test_a_template_naming_a_missing_metric_is_refused_when_saved(api, setup):
+    """It used to be saved, then refused by every rollout created from it."""
+    bad = {**POLICY, "checks": [{**POLICY["checks"][0], "metric": "checkout-errors"}]}
+    error = api("post", "/rollout-templates", {"key": "other", "policy": bad}, 422)
+    assert error["errors"]["json"] == {"policy.checks.0.metric": [
+        "no metric 'checkout-errors': create it under /api/v1/metrics first"]}
+    version = api("get", "/rollout-templates/guarded")["version"]
+    api("put", "/rollout-templates/guarded", {"version": version, "policy": bad}, 422)
+    api("get", "/rollout-templates/other", status=404)

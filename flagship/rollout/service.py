@@ -143,6 +143,7 @@ def save_template(runtime: Runtime, actor: str, key: str, doc: Mapping[str, Any]
     """Create (or replace, with the version) a policy template."""
     values = check_template(runtime, key, doc)
     with runtime.change(actor) as tx:
+        _check_metrics(tx.session, values["policy"])  # as using it would: a 422 now, not then
         record = store.get_template(tx.session, key)
         if create and record is not None:
             raise ConflictError(f"rollout template {key!r} already exists", {"key": ["already exists"]})
