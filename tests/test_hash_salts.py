@@ -174,6 +174,16 @@ def test_a_flag_salt_may_not_be_a_release_rules(api):
     _names(api("post", "/layers", {"key": "l4", "salt": "sizes:release"}, 409), "flag", "sizes")
 
 
+def test_a_flags_release_salt_is_reserved_before_any_release(api):
+    """A flag that took `colour:release` as its salt before colour's experiment released
+    blocked that release with a 409 naming the other flag."""
+    api("post", "/flags", boolean_flag("colour"), 201)
+    _names(api("post", "/flags", boolean_flag("sneaky", salt="colour:release"), 409), "flag", "colour")
+    api("post", "/flags", boolean_flag("fine", salt="colour:releases"), 201)
+    api("delete", "/flags/colour", status=204)  # deleting frees both
+    api("post", "/flags", boolean_flag("later", salt="colour:release"), 201)
+
+
 def test_a_layer_that_ran_experiments_keeps_its_salt(api):
     api("post", "/layers", {"key": "main"}, 201)
     api("post", "/experiments", two_variant_experiment("exp-a", "colour", "main", 40), 201)

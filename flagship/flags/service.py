@@ -102,11 +102,13 @@ def _require_flag(session: Session, key: str, environment: str) -> FlagRecord:
 
 
 def flag_salts(doc: dict[str, Any] | None) -> set[str]:
-    """The salts a flag document hashes with: its rollouts' and its release rules'."""
+    """The salts a flag document hashes with: its rollouts', and its release rules' (the
+    default one, `<salt>:release`, is reserved from the start: a flag that took it as its
+    own salt blocked the release of this one's experiments with a 409)."""
     if not doc:
         return set()
     salt = doc.get("salt") or doc["key"]
-    salts = {salt}
+    salts = {salt, f"{salt}:release"}
     for rule in doc.get("rules", []):
         if rule.get("kind") == "release":
             salts.add((rule.get("params") or {}).get("salt") or f"{salt}:release")
