@@ -37,6 +37,10 @@ class FlagshipServer(BaseApplication):
         self.cfg.set("keepalive", 5)
         self.cfg.set("accesslog", None)
         self.cfg.set("errorlog", "-")
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1
+            # one default path ($HOME/.gunicorn/gunicorn.ctl) for every instance on the host:
+            # a second server took it over, and gunicornc reached the wrong one
+            self.cfg.set("control_socket_disable", True)
         self.cfg.set("child_exit", _child_exit)
         self.cfg.set("when_ready", lambda _arbiter: self.jobs.start())
         self.cfg.set("on_exit", lambda _arbiter: self.jobs.stop())

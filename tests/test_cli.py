@@ -80,8 +80,10 @@ def _free_port() -> int:
 def test_serve_migrates_bootstraps_an_admin_key_and_serves(tmp_path):
     port = _free_port()
     env = {**os.environ, "FLAGSHIP_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-           "FLAGSHIP_PORT": str(port), "FLAGSHIP_WORKERS": "1", "FLAGSHIP_THREADS": "2"}
+           "FLAGSHIP_PORT": str(port), "FLAGSHIP_WORKERS": "1", "FLAGSHIP_THREADS": "2",
+           "HOME": str(tmp_path)}  # where gunicorn would put its control socket
     env.pop("FLAGSHIP_ADMIN_KEY", None)
+    env.pop("XDG_RUNTIME_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "flagship.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -103,6 +105,8 @@ def test_serve_migrates_bootstraps_an_admin_key_and_serves(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "server did not come up"
                 time.sleep(0.2)
+        # no control socket shared by every instance on the host (gunicorn's default)
+        assert not (tmp_path / ".gunicorn").exists()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
