@@ -385,3 +385,11 @@ def test_a_flag_cannot_lose_the_variants_or_type_an_experiment_splits_on(api, cl
                                          "teal": "#0ff"}}, 200)["variants"]
     api("post", "/experiments/exp-a/stop", {"outcome": "completed"})
     assert "blue" not in patch(two, 200)["variants"]
+
+
+def test_experiment_metadata_is_bounded(api):
+    api("post", "/layers", {"key": "main"}, 201)
+    colour_flag(api)
+    error = api("post", "/experiments", experiment(metadata={"notes": "x" * 100_000}), 422)
+    assert error["errors"]["json"] == {"metadata": ["must be at most 16,384 bytes of JSON"]}
+    assert api("post", "/experiments", experiment(metadata={"notes": "x" * 10_000}), 201)["metadata"]

@@ -9,6 +9,7 @@ nowhere else. Pure: no Flask, SQL or Redis.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ CORRECTIONS = ("holm", "bonferroni", "bh", "by", "none")
 METRIC_KINDS = ("conversion", "sum", "mean", "count", "ratio")
 DIRECTIONS = ("increase", "decrease")
 EVENT_MAX = 128
+MAX_METADATA_BYTES = 16_384  # free-form notes for people and tools, not a data store
 DEFAULTS: dict[str, Any] = {
     "description": "", "hypothesis": "", "owner": "", "traffic_percentage": 100.0,
     "targeting": [], "allowlist": {}, "blocklist": [], "start_at": None, "end_at": None,
@@ -251,6 +253,10 @@ def experiment_from_dict(doc: Mapping[str, Any], *, operators: Mapping[str, Oper
     variants = _variants(list(doc["variants"]), flag_variants)
     targeting = conditions_from_list(out["targeting"], "targeting", operators, segment_keys)
     out["allowlist"], out["blocklist"] = dict(out["allowlist"]), list(out["blocklist"])
+    if not isinstance(out["metadata"], Mapping):
+        _fail("metadata", "must be an object")
+    if len(json.dumps(out["metadata"], separators=(",", ":"), default=str)) > MAX_METADATA_BYTES:
+        _fail("metadata", f"must be at most {MAX_METADATA_BYTES:,} bytes of JSON")
     _overrides(out, {v.name for v in variants})
     start_at, end_at = parse_instant(out["start_at"], "start_at"), parse_instant(out["end_at"], "end_at")
     if start_at and end_at and end_at <= start_at:
