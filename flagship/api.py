@@ -25,14 +25,14 @@ from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed
 
 from flagship.auth import verify_key
 from flagship.errors import (AuthenticationError, ConflictError, FlagshipError, NotFoundError,
-                             PermissionDeniedError, ValidationError)
-from flagship.flags.service import require_environment
+                             PermissionDeniedError, ValidationError, VersionRequiredError)
+from flagship.flags.service import VERSION_REQUIRED, require_environment
 from flagship.jsonvalue import json_problem
 from flagship.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-STATUS = {ValidationError: 422, NotFoundError: 404, ConflictError: 409,
+STATUS = {ValidationError: 422, NotFoundError: 404, ConflictError: 409, VersionRequiredError: 428,
           AuthenticationError: 401, PermissionDeniedError: 403}
 HTTP_NAMES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
               405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
@@ -377,7 +377,9 @@ def actor() -> str:
 
 
 def expected_version(body: dict[str, Any] | None = None, required: bool = False) -> int | None:
-    """The version a write edits: `If-Match` header or `version` field (else 428 if required)."""
+    """The version a write edits: `If-Match` header or `version` field. None if neither and
+    not `required`; else VERSION_REQUIRED, which the service's `check_version` answers with
+    428 once it knows the object exists (an unknown one is a 404 first)."""
     header = request.headers.get("If-Match")
     if header:
         raw = header.strip().removeprefix("W/").strip('"')
@@ -391,11 +393,7 @@ def expected_version(body: dict[str, Any] | None = None, required: bool = False)
         if isinstance(version, bool) or not isinstance(version, int):
             raise ValidationError(f"must be a version number, got {version!r}", field="version")
         return version
-    if required:
-        from flask_smorest import abort
-        abort(428, message="send the version you edit: an If-Match header or a 'version' field "
-                           "(GET the object to learn it)", errors={"version": ["required"]})
-    return None
+    return VERSION_REQUIRED if required else None
 
 
 class PageArgs(ma.Schema):

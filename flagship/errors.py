@@ -35,6 +35,10 @@ class ConflictError(FlagshipError):
     """The write conflicts with the current state (stale version, duplicate key, in use)."""
 
 
+class VersionRequiredError(FlagshipError):
+    """A write that must say which version it edits did not (optimistic concurrency)."""
+
+
 class AuthenticationError(FlagshipError):
     """No credentials, or credentials that do not identify a live API key."""
 

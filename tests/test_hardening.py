@@ -243,3 +243,35 @@ def test_an_empty_json_body_names_what_is_missing_and_actions_take_none(client, 
     client.post("/api/v1/flags", json=boolean_flag("f"), headers=admin)
     response = client.post("/api/v1/flags/f/enable", data=b"", headers=empty)
     assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("patch", "/flags/nope", {"enabled": True}), ("put", "/flags/nope", boolean_flag("nope")),
+    ("put", "/segments/nope", {"key": "nope", "conditions": []}),
+    ("patch", "/environments/nope", {"name": "n"}), ("patch", "/layers/nope", {"name": "n"}),
+    ("patch", "/experiments/nope", {"name": "n"}), ("put", "/metrics/nope", {"event": "e", "kind": "count"}),
+    ("put", "/rollout-templates/nope", {"policy": {"steps": [{"percent": 50, "min_duration": 600, "min_units": 100}]}}),
+])
+def test_an_unknown_object_is_a_404_before_a_missing_version_is_a_428(api, method, path, body):
+    """PATCH /flags/nope without a version asked for the version of a flag that does not
+    exist (428); the 428 now comes once the object is known."""
+    assert api(method, path, body, 404)["code"] == 404
+
+
+def test_a_missing_version_is_still_a_428_on_every_versioned_write(api):
+    api("post", "/flags", boolean_flag("f"), 201)
+    api("post", "/segments", {"key": "s", "conditions": []}, 201)
+    api("post", "/layers", {"key": "l"}, 201)
+    api("post", "/metrics", {"key": "m", "event": "e", "kind": "count"}, 201)
+    api("post", "/experiments", {"key": "e", "flag": "g", "layer": "l", "variants": [
+        {"variant": "a", "value": 1, "is_control": True}, {"variant": "b", "value": 2}]}, 201)
+    api("post", "/rollout-templates", {"key": "t", "policy": {"steps": [{"percent": 50, "min_duration": 600, "min_units": 100}]}}, 201)
+    for method, path, body in [
+            ("patch", "/flags/f", {"enabled": False}), ("put", "/flags/f", boolean_flag("f")),
+            ("put", "/segments/s", {"key": "s", "conditions": []}),
+            ("patch", "/environments/production", {"name": "n"}), ("patch", "/layers/l", {"name": "n"}),
+            ("patch", "/experiments/e", {"name": "n"}), ("put", "/metrics/m", {"event": "e", "kind": "count"}),
+            ("put", "/rollout-templates/t", {"policy": {"steps": [{"percent": 50, "min_duration": 600, "min_units": 100}]}})]:
+        error = api(method, path, body, 428)
+        assert error["errors"] == {"version": ["required"]} and "send the version" in error["message"], path
+    assert [e["action"] for e in api("get", "/audit?per_page=100")["items"]][0] == "rollout_template.create"

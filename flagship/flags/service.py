@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from flagship.db import as_utc, bump_snapshot_revision
 from flagship.diff import json_diff
-from flagship.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from flagship.errors import (ConflictError, NotFoundError, PermissionDeniedError, ValidationError,
+                             VersionRequiredError)
 from flagship.flags import store
 from flagship.flags.model import flag_from_dict, flag_to_dict
 from flagship.flags.store import FlagRecord, FlagRevisionRecord, SegmentRecord
@@ -82,7 +83,22 @@ def require_environment(session: Session, key: str) -> str:
     return key
 
 
+class _VersionRequired:
+    """What the HTTP layer passes as the expected version when the request named none and
+    the write requires one: `check_version` refuses it once the object is known to exist,
+    so an unknown object is a 404 before a missing version is a 428."""
+
+    def __repr__(self) -> str:
+        return "VERSION_REQUIRED"
+
+
+VERSION_REQUIRED: Any = _VersionRequired()
+
+
 def check_version(current: int, expected: int | None, kind: str, key: str) -> None:
+    if expected is VERSION_REQUIRED:
+        raise VersionRequiredError("send the version you edit: an If-Match header or a 'version' field "
+                                   "(GET the object to learn it)", {"version": ["required"]})
     if expected is not None and expected != current:
         raise ConflictError(
             f"{kind} {key!r} is at version {current}, not {expected}: reload it and apply "
