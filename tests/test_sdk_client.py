@@ -378,3 +378,83 @@ def test_a_plugin_operator_the_client_lacks_errs_only_where_it_is_reached(caplog
     assert "operator 'is_even', which this client does not have" in caplog.text
     with Client(DEAD_URL, "k", bootstrap=doc, operators=with_plugin, **FAST) as client:
         assert client.bool_value("plugged", {"key": "u", "age": 4}, False) is True  # with the plugin: evaluated
+
+
+class _Sequence(http.server.BaseHTTPRequestHandler):
+    """Answers snapshot GETs from a list of (status, headers, body); the last one repeats."""
+
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    seen: list[float] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.seen.append(time.monotonic())
+        status, headers, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve_sequence(answers: list[tuple[int, dict[str, str], bytes]]) -> http.server.ThreadingHTTPServer:
+    _Sequence.answers, _Sequence.seen = answers, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sequence)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _snapshot(revision: int, **extra: Any) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"revision": revision, "flags": [BOOL_FLAG], **extra}).encode()
+    return 200, {"ETag": f'"r{revision}"'}, body
+
+
+def test_a_snapshot_that_does_not_compile_never_stops_polling() -> None:
+    """`"variants": 5` in an experiment raised a TypeError that ended the polling thread:
+    the client served its old snapshot for good, reporting ready."""
+    broken = {"experiments": [{"key": "e", "flag": "checkout", "layer": "l", "status": "running",
+                               "ranges": [[0, 10000]], "variants": 5}]}
+    httpd = _serve_sequence([_snapshot(1), _snapshot(2, **broken), _snapshot(3)])
+    try:
+        with Client(f"http://127.0.0.1:{httpd.server_port}", "k", poll_interval=0.05, jitter=0.0,
+                    max_backoff=0.05) as client:
+            assert client.ready(5)
+            assert wait_for(lambda: client.revision == 3, 5), client.status
+            assert client.status == "ready"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_retry_after_of_zero_or_in_the_past_is_not_a_busy_loop() -> None:
+    past = formatdate(time.time() - 3600, usegmt=True)
+    httpd = _serve_sequence([(503, {"Retry-After": "0"}, b"{}"), (429, {"Retry-After": past}, b"{}")])
+    try:
+        with Client(f"http://127.0.0.1:{httpd.server_port}", "k", bootstrap={"revision": 1},
+                    poll_interval=0.05, jitter=0.0, max_backoff=0.2):
+            time.sleep(1.0)
+        # the backoff (0.05 s doubling to 0.2 s) paces it: about eight; it was thousands
+        assert 2 <= len(_Sequence.seen) < 30, len(_Sequence.seen)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_track_refuses_what_json_cannot_carry_and_the_sender_lives_on(server: Server, sdk_key: str,
+                                                                      caplog) -> None:
+    """A datetime in properties killed the event thread at send time: every later event
+    stayed queued and flush()/close() raised."""
+    import datetime as dt
+    from decimal import Decimal
+
+    with Client(server.base_url, sdk_key, flush_interval=60, **FAST) as client:
+        assert client.track("u-json", "buy", 2.0, {"when": dt.datetime.now()}) is None
+        assert client.track("u-json", "buy", "ten") is None and client.track("u-json", "buy", True) is None
+        assert client.track("u-json", "buy", float("nan")) is None
+        assert "properties must be plain JSON" in caplog.text
+        kept = [client.track("u-json", "buy", Decimal("2.5")), client.track("u-json", "buy", 3, {"a": [1]})]
+        assert all(kept) and client.flush(5)
+    rows = server.query("SELECT value FROM events WHERE event_id IN (?, ?) ORDER BY value", *kept)
+    assert rows == [(2.5,), (3.0,)]

@@ -120,13 +120,27 @@ def experiment_from_dict(doc: Any, path: str = "experiment") -> ExperimentSpec:
             raise ValidationError("must be [start, end] with 0 <= start <= end <= 10000",
                                   field=f"{path}.ranges.{i}")
         ranges.append((pair[0], pair[1]))
-    variants = tuple(VariantWeight(str(v["variant"]), float(v.get("weight", 1)), bool(v.get("is_control")))
-                     for v in doc.get("variants") or [])
+    raw_variants = doc.get("variants") or []
+    if not isinstance(raw_variants, list):
+        raise ValidationError("must be a list", field=f"{path}.variants")
+    variants = []
+    for i, v in enumerate(raw_variants):
+        if not isinstance(v, Mapping) or not isinstance(v.get("variant"), str):
+            raise ValidationError("must be an object with a 'variant' name", field=f"{path}.variants.{i}")
+        weight = v.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValidationError("must be a non-negative number", field=f"{path}.variants.{i}.weight")
+        variants.append(VariantWeight(v["variant"], float(weight), bool(v.get("is_control"))))
+    allowlist, blocklist = doc.get("allowlist") or {}, doc.get("blocklist") or []
+    if not isinstance(allowlist, Mapping):
+        raise ValidationError("must be an object of unit -> variant", field=f"{path}.allowlist")
+    if not isinstance(blocklist, list):
+        raise ValidationError("must be a list of units", field=f"{path}.blocklist")
     return ExperimentSpec(
         key=model._key(doc.get("key"), f"{path}.key"), flag=str(doc.get("flag", "")),
-        layer=str(doc.get("layer", "")), status=status, ranges=tuple(ranges), variants=variants,
-        allowlist=dict(doc.get("allowlist") or {}),
-        blocklist=tuple(doc.get("blocklist") or ()),
+        layer=str(doc.get("layer", "")), status=status, ranges=tuple(ranges), variants=tuple(variants),
+        allowlist=dict(allowlist),
+        blocklist=tuple(blocklist),
         start_at=_epoch(doc.get("start_at"), f"{path}.start_at"),
         end_at=_epoch(doc.get("end_at"), f"{path}.end_at"),
         salt=_salt(doc.get("salt"), f"{path}.salt"), epoch=_positive(doc.get("epoch", 1), f"{path}.epoch"))

@@ -28,7 +28,9 @@ restarts on the child's first call. Queued events stay with the parent, which se
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import os
 import threading
 import time
@@ -250,11 +252,15 @@ class Client:
             log.warning("flagship: track() needs a unit and an event name not starting with '$'; "
                         "got unit=%r event=%r", unit, event)
             return None
+        problem = _event_problem(value, properties)
+        if problem is not None:
+            log.warning("flagship: track(%r, %r) not recorded: %s", key, event, problem)
+            return None
         if self._sender is None or self._closed:
             return None
         if self._restart:
             self._restart_in_child()
-        item = metric_event(key, event, value, properties)
+        item = metric_event(key, event, None if value is None else float(value), properties)
         self._sender.add(item)
         return str(item["event_id"])
 
@@ -397,3 +403,25 @@ def _shutdown(poller: Poller, stream: Stream | None, sender: EventSender | None,
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _event_problem(value: Any, properties: Any) -> str | None:
+    """Why a tracked value or properties cannot be sent (the event thread would choke on
+    them later, with every event queued behind them), or None."""
+    if value is not None:
+        if isinstance(value, bool):
+            return f"value must be a number, got {value!r}"
+        try:
+            number = float(value)  # numpy scalars and Decimals are numbers too
+        except (TypeError, ValueError):
+            return f"value must be a number, got {type(value).__name__}"
+        if not math.isfinite(number):
+            return f"value must be finite, got {value!r}"
+    if properties is not None:
+        if not isinstance(properties, dict):
+            return f"properties must be a dict, got {type(properties).__name__}"
+        try:
+            json.dumps(properties, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            return f"properties must be plain JSON ({err})"
+    return None

@@ -181,6 +181,11 @@ class EventSender:
             response = self._transport.request("POST", BATCH_PATH, body=batch)
         except TransportError as err:
             return self._failed(str(err), None)
+        except (TypeError, ValueError) as err:  # JSON cannot carry it (track() checks first):
+            # drop this batch rather than stop the thread with every later event behind it
+            self.stats["rejected"] += len(batch)
+            log.error("flagship: %d events dropped, they cannot be sent as JSON: %s", len(batch), err)
+            return True
         if response.status == 200:
             try:
                 answer = response.json()
@@ -220,8 +225,9 @@ class EventSender:
     def _failed(self, message: str, retry_after: float | None) -> bool:
         self._failures += 1
         self.stats["failed_attempts"] += 1
-        delay = retry_after if retry_after is not None else min(
-            self._max_backoff, max(self._interval, 0.5) * 2.0 ** min(self._failures - 1, 30))
+        backoff = min(self._max_backoff, max(self._interval, 0.5) * 2.0 ** min(self._failures - 1, 30))
+        # the server's Retry-After, but never less than the backoff (0 or a past date spun)
+        delay = backoff if retry_after is None else max(retry_after, backoff)
         self._retry_at = time.monotonic() + delay
         level = logging.WARNING if self._failures == 1 else logging.DEBUG
         log.log(level, "flagship: sending events failed (%s); retrying in %.1f s with the same ids",

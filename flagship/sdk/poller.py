@@ -94,7 +94,11 @@ class Poller:
         stop, wake = self._stop, self._wake
         try:
             while not stop.is_set():
-                delay = self.poll_once()
+                try:
+                    delay = self.poll_once()
+                except Exception as err:  # noqa: BLE001 - whatever went wrong, polling goes on
+                    log.exception("flagship: a snapshot poll failed unexpectedly")
+                    delay = self._failed(f"{type(err).__name__}: {err}")
                 if delay is None:
                     return  # fatal
                 while not stop.is_set():
@@ -124,8 +128,10 @@ class Poller:
         if response.status in (429, 503):
             wait = response.retry_after()
             if wait is not None:
-                self._failed(f"HTTP {response.status}, retrying after {wait:.0f} s")
-                return wait
+                # the server's delay, but never less than our own backoff: a Retry-After of
+                # 0 or a date in the past (clock skew) made this a busy loop
+                backoff = self._failed(f"HTTP {response.status}, retrying after {wait:.0f} s")
+                return max(wait, backoff)
         return self._failed(f"HTTP {response.status}: {response.body[:200]!r}")
 
     def _received(self, response: Response) -> float:
@@ -135,6 +141,9 @@ class Poller:
         except (ValueError, ValidationError) as err:
             # ValueError covers a body that is not JSON; keep the last good snapshot
             return self._failed(f"the snapshot did not compile: {err}")
+        except Exception as err:  # noqa: BLE001 - any other malformed part: the thread must
+            # live on, or the client never sees another change (kill switches included)
+            return self._failed(f"the snapshot did not compile: {type(err).__name__}: {err}")
         self._holder.install(current)
         if self._cache_path is not None:
             save_cache(self._cache_path, response.body, etag)
