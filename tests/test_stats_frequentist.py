@@ -62,9 +62,9 @@ def test_welch_matches_scipy_from_stats(seed: int) -> None:
 
 
 def _delta_relative_se(m_a: float, se_a: float, m_b: float, se_b: float) -> float:
-    """Delta method with a numerically differentiated gradient of b / a - 1."""
+    """Delta method with a numerically differentiated gradient of (b - a) / |a|."""
     h_a, h_b = 1e-6 * abs(m_a), 1e-6 * max(abs(m_b), 1e-12)
-    g = lambda a, b: b / a - 1  # noqa: E731
+    g = lambda a, b: (b - a) / abs(a)  # noqa: E731
     da = (g(m_a + h_a, m_b) - g(m_a - h_a, m_b)) / (2 * h_a)
     db = (g(m_a, m_b + h_b) - g(m_a, m_b - h_b)) / (2 * h_b)
     return math.sqrt(da ** 2 * se_a ** 2 + db ** 2 * se_b ** 2)
@@ -79,7 +79,8 @@ def test_welch_relative_lift_is_the_delta_method(seed: int) -> None:
     v_a, v_b = rng.uniform(1, 30, size=2)
     got = welch_t_test(n_a, m_a, v_a, n_b, m_b, v_b, alpha=0.05)
     assert got.relative_estimable and got.relative_reason is None
-    assert got.relative_lift == pytest.approx(m_b / m_a - 1, rel=REL)
+    assert got.relative_lift == pytest.approx((m_b - m_a) / abs(m_a), rel=REL)
+    assert (got.relative_lift > 0) == (m_b > m_a)  # the sign of the difference, whatever a's
     se = _delta_relative_se(m_a, math.sqrt(v_a / n_a), m_b, math.sqrt(v_b / n_b))
     z = stats.norm.isf(0.025)
     assert got.relative_ci == pytest.approx((got.relative_lift - z * se,

@@ -19,7 +19,7 @@ ZERO_CONTROL = "not estimable: the control mean is 0"
 
 @dataclass(frozen=True, slots=True)
 class RelativeLift:
-    """Relative lift (b / a - 1) with its delta-method interval, or why it has none."""
+    """Relative lift ((b - a) / |a|) with its delta-method interval, or why it has none."""
 
     lift: float | None
     ci: Interval | None
@@ -85,18 +85,20 @@ def interval(estimate: float, se: float, alpha: float, alternative: Alternative,
 
 def relative_lift(mean_a: float, se_a: float, mean_b: float, se_b: float, alpha: float,
                   alternative: Alternative, control_df: float | None = None) -> RelativeLift:
-    """Delta-method lift mean_b / mean_a - 1; no interval when the control's CI covers 0.
+    """Delta-method lift (mean_b - mean_a) / |mean_a|; no interval when the control's CI
+    covers 0. Over |a|, the lift has the sign of the difference also when the control mean
+    is negative (b / a - 1 called a worse, more negative treatment a +19.5 % lift).
 
-    With g(a, b) = b / a - 1 and independent estimates, the gradient is
-    (-b / a**2, 1 / a), so Var = se_b**2 / a**2 + b**2 * se_a**2 / a**4
-    = (se_b**2 + (b / a)**2 * se_a**2) / a**2. The linearisation is only meaningful
+    With g(a, b) = (b - a) / |a| = sign(a) (b / a - 1) and independent estimates, the
+    gradient is sign(a) (-b / a**2, 1 / a), so Var = se_b**2 / a**2 + b**2 * se_a**2 / a**4
+    = (se_b**2 + (b / a)**2 * se_a**2) / a**2, whatever the sign of a. The linearisation is only meaningful
     when a is clearly away from 0, hence the check on the control's own two-sided
     interval (t with ``control_df`` when given, else normal). The lift interval itself uses
     the normal quantile, as the delta method is a large-sample approximation.
     """
     if mean_a == 0.0:
         return RelativeLift(None, None, False, ZERO_CONTROL)
-    lift = mean_b / mean_a - 1.0
+    lift = (mean_b - mean_a) / abs(mean_a)
     dist = stats.norm if control_df is None else stats.t(control_df)
     if abs(mean_a) <= float(dist.isf(alpha / 2.0)) * se_a:
         return RelativeLift(lift, None, False, NOT_ESTIMABLE)

@@ -55,7 +55,7 @@ def ratio_metric_stats(n: int, sum_num: float, sum_den: float, sum_num2: float,
 
 def ratio_test(a: RatioStats, b: RatioStats, alpha: float = 0.05,
                alternative: Alternative = "two-sided") -> ZTestResult:
-    """Z-test of ratio_b - ratio_a, with the delta-method relative lift ratio_b / ratio_a - 1."""
+    """Z-test of ratio_b - ratio_a, with the delta-method relative lift (ratio_b - ratio_a) / |ratio_a|."""
     check_alpha(alpha)
     check_alternative(alternative)
     return z_comparison(a.ratio, a.variance, b.ratio, b.variance, alpha, alternative)
