@@ -143,7 +143,7 @@ def test_build_a_rule_with_the_condition_builder_and_save_it(ui: UI, api: Any) -
     fields.update({"rules.0.conditions.0.kind": "attribute", "rules.0.conditions.0.attribute": "country",
                    "rules.0.conditions.0.operator": "in", "rules.0.conditions.0.values": "NL\nBE",
                    "rules.1.id": "", "rules.1.kind": "rollout", "rules.1.variant": "on", "rules.1.percentage": "25",
-                   "targets.on": "qa-1", "blocklist": "bot-1"})
+                   "targets.v0": "qa-1", "blocklist": "bot-1"})  # v0: the first variant, "on"
     saved = ui.post("/ui/flags/checkout/targeting", {**fields, "op": "save"}, htmx=True, status=200)
     assert saved.headers["HX-Redirect"] == "/ui/flags/checkout?env=production"
     flag = api("get", "/flags/checkout")
@@ -286,3 +286,20 @@ def test_delete_a_flag(ui: UI, api: Any) -> None:
     ui.post("/ui/flags/f/delete", status=303)
     api("get", "/flags/f", status=404)
     assert "flag &#39;f&#39; not found" in ui.get("/ui/flags/f", status=404).text
+
+
+def test_individual_targets_survive_variant_names_with_digits_and_dots(ui: UI, api: Any) -> None:
+    """Targets of variants named "1" or "v2.0" were dropped on every targeting save (the
+    variant's name was part of the field name, split at dots, digits read as indexes)."""
+    api("post", "/flags", {"key": "sizes", "type": "string", "variants": {"1": "one", "v2.0": "two"},
+                           "default_variant": "1", "allowlist": {"vip-1": "v2.0"}}, 201)
+    fields = _targeting_form(ui, "sizes")
+    assert fields["targets.v1"] == "vip-1" and fields["targets.v0"] == ""
+    fields.update({"targets.v0": "user-7", "blocklist": "bot-1"})
+    ui.post("/ui/flags/sizes/targeting", {**fields, "op": "save"}, status=303)
+    flag = api("get", "/flags/sizes")
+    assert flag["allowlist"] == {"user-7": "1", "vip-1": "v2.0"} and flag["blocklist"] == ["bot-1"]
+    clash = ui.post("/ui/flags/sizes/targeting", {**_targeting_form(ui, "sizes"), "targets.v0": "vip-1",
+                                                  "op": "save"}, status=422).text
+    assert re.search(r'<textarea id="f-targets-v1"[^>]*aria-invalid="true"', clash), clash
+    assert "also listed for" in clash

@@ -62,12 +62,20 @@ def state_from_form(flag: dict[str, Any]) -> dict[str, Any]:
                       "percentage": str(posted.get("percentage", "")),
                       "conditions": forms.conditions_from_form(posted.get("conditions")),
                       "managed": False, "original": None, "experiment": None})
+    # one textarea per variant, named by position (`targets.v0`): a variant's own name in
+    # the field name was split at its dots or read as a list index ("1", "v1.0"), and the
+    # individual targets of such variants were silently dropped on every save
     targets = raw.get("targets") if isinstance(raw.get("targets"), dict) else {}
     return {"version": request.form.get("version", ""),
             "default_variant": str(raw.get("default_variant", "")),
             "off_variant": str(raw.get("off_variant", "")), "rules": rules,
-            "targets": {v: str(targets.get(v, "")) for v in flag["variants"]},
+            "targets": {v: str(targets.get(target_field(i), "")) for i, v in enumerate(flag["variants"])},
             "blocklist": str(raw.get("blocklist", ""))}
+
+
+def target_field(index: int) -> str:
+    """The form name (under `targets.`) of the variant at `index`'s individual targets."""
+    return f"v{index}"
 
 
 def apply_op(state: dict[str, Any], op: str, variants: list[str], operator: str) -> None:
@@ -111,10 +119,10 @@ def targeting_patch(state: dict[str, Any], errors: Errors) -> dict[str, Any]:
             doc["percentage"] = forms.percentage(rule["percentage"])
         rules.append(doc)
     allowlist: dict[str, str] = {}
-    for variant, text in state["targets"].items():
+    for index, (variant, text) in enumerate(state["targets"].items()):
         for unit in forms.lines(text):
             if unit in allowlist and allowlist[unit] != variant:
-                errors.add(f"targets.{variant}", f"unit {unit!r} is also listed for {allowlist[unit]!r}")
+                errors.add(f"targets.{target_field(index)}", f"unit {unit!r} is also listed for {allowlist[unit]!r}")
             allowlist[unit] = variant
     return {"default_variant": state["default_variant"], "off_variant": state["off_variant"],
             "rules": rules, "allowlist": allowlist, "blocklist": forms.lines(state["blocklist"])}
