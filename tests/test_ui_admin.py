@@ -71,6 +71,14 @@ def test_layers_show_the_allocation_map_as_a_10000_bucket_bar(ui: UI, api: Any) 
 
 
 
+def test_the_layer_form_checks_the_key_like_the_api(ui: UI, api: Any) -> None:
+    """An empty key was a 500 (KeyError); 'bad key/ü' was stored, at a URL no link reached."""
+    for key in ("", "bad key/ü", "x" * 300):
+        page = ui.post("/ui/layers", {"key": key}, status=422).text
+        assert "letters, digits" in page, key
+    assert api("get", "/layers") == []
+
+
 def test_a_layer_is_renamed_with_its_version_and_deleted_once_empty(ui: UI, api: Any) -> None:
     ui.post("/ui/layers", {"key": "main", "name": "Main"}, status=303)
     version = api("get", "/layers/main")["version"]

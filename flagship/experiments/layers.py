@@ -8,10 +8,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flagship.db import as_utc, bump_snapshot_revision
-from flagship.errors import ConflictError, NotFoundError, PermissionDeniedError
+from flagship.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from flagship.experiments import allocation
 from flagship.experiments.model import ACTIVE
 from flagship.experiments.store import config as store
+from flagship.flags.model import KEY_PATTERN
 from flagship.experiments.store.tables import ExperimentRecord, LayerRecord
 from flagship.flags import service as flags
 from flagship.runtime import Runtime
@@ -69,9 +70,22 @@ def get_layer(runtime: Runtime, key: str, bound: str | None = None) -> dict[str,
         return layer_view(record, list(store.experiments_in_layer(session, key)))
 
 
+def _check_new_layer(doc: dict[str, Any]) -> None:
+    """What the API's schema checks, for every front door (the UI's form had a 500 on an
+    empty key and stored keys that no URL could reach)."""
+    key = doc.get("key")
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise ValidationError("must be 1-128 letters, digits, '_', '.' or '-'", field="key")
+    for name, limit in (("name", 256), ("description", 10_000), ("salt", 128)):
+        value = doc.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise ValidationError(f"must be text of at most {limit:,} characters", field=name)
+
+
 def create_layer(runtime: Runtime, actor: str, doc: dict[str, Any],
                  environment: str | None = None) -> dict[str, Any]:
     """A layer in `environment` (layer keys are unique across environments)."""
+    _check_new_layer(doc)
     environment = environment or runtime.config["DEFAULT_ENVIRONMENT"]
     try:
         with runtime.change(actor) as tx:
