@@ -303,3 +303,25 @@ def test_individual_targets_survive_variant_names_with_digits_and_dots(ui: UI, a
                                                   "op": "save"}, status=422).text
     assert re.search(r'<textarea id="f-targets-v1"[^>]*aria-invalid="true"', clash), clash
     assert "also listed for" in clash
+
+
+def test_variant_errors_sit_at_the_variant_and_a_name_twice_is_refused(ui: UI, api: Any) -> None:
+    """Two variants named 'on' were merged into one; a bad value's error linked to an input
+    that did not exist (#f-variants-on) and marked none."""
+    twice = ui.post("/ui/flags/-/new", {"key": "f", "type": "boolean", "variants.0.name": "on",
+                                      "variants.0.value": "true", "variants.1.name": "on",
+                                      "variants.1.value": "false", "default_variant": "on"}, status=422).text
+    assert "named twice" in field_error(twice, "variants.1.name")
+    bad = ui.post("/ui/flags/-/new", {"key": "f", "type": "boolean", "variants.0.name": "on",
+                                    "variants.0.value": "yes", "variants.1.name": "off",
+                                    "variants.1.value": "false", "default_variant": "off"}, status=422).text
+    assert field_error(bad, "variants.0.value") == "must be true or false"
+    assert re.search(r'id="f-variants-0-value"[^>]*aria-invalid="true"', bad)
+    api("get", "/flags/f", status=404)
+
+
+def test_a_page_number_beyond_any_list_is_an_empty_page_not_a_500(ui: UI, api: Any) -> None:
+    api("post", "/flags", boolean_flag("f"), 201)
+    for path in ("/ui/flags", "/ui/audit", "/ui/metrics", "/ui/flags/f/revisions"):
+        for page in ("99999999999999999999", str(2 ** 63 - 1)):
+            assert ui.get(f"{path}?page={page}").status_code == 200, path

@@ -11,7 +11,7 @@ from flagship import audit, auth
 from flagship.diff import json_diff
 from flagship.errors import FlagshipError
 from flagship.ui.base import (Errors, actor, bp, environments, errors_from, flash_message, link,
-                              redirect_to, render, require_unbound, runtime)
+                              page_arg, redirect_to, render, require_unbound, runtime)
 
 AUDIT_FILTERS = ("actor", "action", "target_type", "target", "environment")
 PER_PAGE = 50
@@ -21,7 +21,7 @@ PER_PAGE = 50
 def audit_log() -> Any:
     """Every change, newest first, filtered by actor, action, object and environment."""
     filters = {name: request.args.get(name, "").strip() for name in AUDIT_FILTERS}
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = audit.list_audit(runtime(), page=page, per_page=PER_PAGE,
                                     **{k: v or None for k, v in filters.items()})
     for item in items:

@@ -9,7 +9,7 @@ from flask import abort, g, request
 
 from flagship.rollout import alerting
 from flagship.runtime import Runtime
-from flagship.ui.base import actor, bp, env, flash_message, link, redirect_to, render, runtime
+from flagship.ui.base import actor, bp, env, flash_message, link, page_arg, redirect_to, render, runtime
 from flagship.ui.home import Section, register_section
 
 PER_PAGE = 50
@@ -35,7 +35,7 @@ def alerts() -> Any:
     (open by default)."""
     tab = request.args.get("status") if request.args.get("status") in alerting.STATUSES else "open"
     subject = request.args.get("subject", "").strip() or None  # experiment:KEY or rollout:ID
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = alerting.list_alerts(runtime(), status=tab, subject=subject, environment=env(),
                                         page=page, per_page=PER_PAGE)
     counts = {s: total if s == tab else

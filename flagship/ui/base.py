@@ -96,6 +96,14 @@ def _built(script_root: str, endpoint: str, values: tuple[tuple[str, Any], ...])
 
 # -- rendering ----------------------------------------------------------------------------
 
+MAX_PAGE = 1_000_000  # as the API's: page x per_page stays far inside SQL's OFFSET
+
+
+def page_arg() -> int:
+    """`?page=` of a list, 1 to MAX_PAGE (a larger one overflowed SQLite's OFFSET: a 500)."""
+    return min(max(1, request.args.get("page", 1, type=int) or 1), MAX_PAGE)
+
+
 def wants_fragment() -> bool:
     """An htmx request for part of a page (not a boosted navigation or a history restore)."""
     hx = getattr(request, "htmx", None)

@@ -13,7 +13,7 @@ from flagship.experiments.model import DIRECTIONS, METRIC_KINDS
 from flagship.flags import segments as segment_service
 from flagship.ui import forms
 from flagship.ui.base import (Errors, actor, bp, env, environments, errors_from, flash_message, link,
-                              redirect_to, render, require_unbound, runtime)
+                              page_arg, redirect_to, render, require_unbound, runtime)
 from flagship.ui.charts import allocation_bar
 
 DEFAULT_COLOUR = "#57606a"
@@ -228,7 +228,7 @@ def layer_delete(key: str) -> Any:
 @bp.route("/metrics")
 def metrics() -> Any:
     """Metric definitions (global: the same in every environment)."""
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = metric_service.list_metrics(runtime(), page, 50)
     return render("ui/metrics/list.html", section="ui.metrics", items=items, total=total, page=page,
                   per_page=50)

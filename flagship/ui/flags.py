@@ -14,8 +14,8 @@ from flagship.errors import FlagshipError, ValidationError
 from flagship.flags import promotion, service
 from flagship.serving import service as serving
 from flagship.ui import forms
-from flagship.ui.base import (Errors, actor, bp, env, environments, errors_from, flash_message, link,
-                              is_stale, redirect_to, render, require_unbound, runtime, status_of,
+from flagship.ui.base import (Errors, actor, bp, env, environments, errors_from, flash_message, is_stale,
+                              link, page_arg, redirect_to, render, require_unbound, runtime, status_of,
                               wants_fragment)
 
 PER_PAGE = 50
@@ -44,7 +44,7 @@ def flag_row(flag: dict[str, Any]) -> dict[str, Any]:
 def flags() -> Any:
     """The environment's flags: search, tag filter, pages, a kill switch per row."""
     q, tag = request.args.get("q", "").strip(), request.args.get("tag", "").strip()
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = service.list_flags(runtime(), env(), tag=tag or None, search=q or None,
                                       page=page, per_page=PER_PAGE)
     tags = sorted({t for f in items for t in f.get("tags", [])} | ({tag} if tag else set()))
@@ -112,11 +112,15 @@ def _definition_from_form() -> dict[str, Any]:
 
 
 def _definition_doc(state: dict[str, Any], errors: Errors) -> dict[str, Any]:
-    variants = {}
-    for v in state["variants"]:
+    variants: dict[str, Any] = {}
+    for index, v in enumerate(state["variants"]):
         if not v["name"] and not v["value"].strip():
             continue
-        variants[v["name"]] = forms.variant_value(v["value"], state["type"], f"variants.{v['name']}", errors)
+        if v["name"] in variants:  # a dict would keep the last silently
+            errors.add(f"variants.{index}.name", f"variant {v['name']!r} is named twice: names must be unique")
+            continue
+        # the error goes next to this variant's own input, saying which variant it is
+        variants[v["name"]] = forms.variant_value(v["value"], state["type"], f"variants.{index}.value", errors)
     doc = {"type": state["type"], "description": state["description"],
            "tags": forms.words(state["tags"]), "variants": variants,
            "default_variant": state["default_variant"] or None,
@@ -198,7 +202,7 @@ def flag_delete(key: str) -> Any:
 @bp.route("/flags/<key>/revisions")
 def flag_revisions(key: str) -> Any:
     """The flag's revisions in this environment, newest first, each with a readable diff."""
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = service.list_revisions(runtime(), key, env(), page, 20)
     try:
         current = service.get_flag(runtime(), key, env())

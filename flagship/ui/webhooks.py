@@ -12,7 +12,7 @@ from flagship.errors import FlagshipError
 from flagship.rollout import notifications
 from flagship.ui import forms
 from flagship.ui.base import (Errors, actor, bp, environments, errors_from, flash_message, is_stale,
-                              link, redirect_to, render, require_unbound, runtime)
+                              link, page_arg, redirect_to, render, require_unbound, runtime)
 
 PER_PAGE = 50
 PATTERNS = "flag.update, experiment.*, rollout.*, alert.opened, schedule.failed, or * for everything"
@@ -115,7 +115,7 @@ def webhook_delete(webhook_id: int) -> Any:
 def webhook_deliveries(webhook_id: int) -> Any:
     """The webhook's delivery log, newest first: every attempt with status, error, duration."""
     webhook = notifications.get_webhook(runtime(), webhook_id)
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     items, total = notifications.list_deliveries(runtime(), webhook_id, page, PER_PAGE)
     return render("ui/webhooks/deliveries.html", "ui/webhooks/_deliveries.html", section="ui.webhooks",
                   webhook=webhook, items=items, total=total, page=page, per_page=PER_PAGE)
