@@ -91,7 +91,7 @@ class Keys(MethodView):
         return {**listed, "key": secret}
 
 
-@blp.route("/keys/<name>")
+@blp.route("/keys/<path:name>")  # a name may hold "/"
 class KeyByName(MethodView):
     @requires("admin")
     @blp.response(200, KeySchema)

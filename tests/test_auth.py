@@ -45,3 +45,10 @@ def test_key_api_create_returns_secret_once(client, admin):
     assert client.post("/api/v1/keys", json={"name": "x", "scope": "root"}, headers=admin).status_code == 422
     actions = [e["action"] for e in client.get("/api/v1/audit?target_type=api_key", headers=admin).json["items"]]
     assert actions[0] == "api_key.create"
+
+
+def test_a_key_whose_name_holds_a_slash_can_be_revoked(client, runtime, admin):
+    """`slash/name` was accepted, but /keys/slash/name matched no route: never revocable."""
+    secret = create_key(runtime, "test", "team/svc", "sdk")
+    assert client.delete("/api/v1/keys/team/svc", headers=admin).json["revoked_at"]
+    assert client.get("/api/v1/sdk/snapshot", headers={"Authorization": f"Bearer {secret}"}).status_code == 401

@@ -144,6 +144,11 @@ def test_api_keys_show_the_secret_once_and_revoke(ui: UI, api: Any) -> None:
     ui.post("/ui/keys/web/revoke", status=303)
     assert verify_key(ui.runtime, secret) is None
     assert "revoked" in ui.get("/ui/keys").text
+    slashed = ui.post("/ui/keys", {"name": "team/web", "scope": "sdk"}, status=201).text
+    secret = re.search(r'id="secret" type="text" readonly value="([^"]+)"', slashed).group(1)
+    assert 'action="/ui/keys/team/web/revoke' in ui.get("/ui/keys").text
+    ui.post("/ui/keys/team/web/revoke", status=303)  # was a 404: the route took no "/"
+    assert verify_key(ui.runtime, secret) is None
 
 
 def test_a_layer_of_another_environment_is_not_edited_here_nor_by_a_key_bound_elsewhere(

@@ -57,7 +57,7 @@ def keys() -> Any:
                   status=errors.http_status)
 
 
-@bp.route("/keys/<name>/revoke", methods=["POST"])
+@bp.route("/keys/<path:name>/revoke", methods=["POST"])  # a name may hold "/"
 def key_revoke(name: str) -> Any:
     """Revoke a key: it stops working at once (signed-in sessions with it end too)."""
     require_unbound("managing API keys")
