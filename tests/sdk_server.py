@@ -19,6 +19,20 @@ from typing import Any
 ADMIN_KEY = "fsk_admin_sdk_tests_0000000000000000000000"
 
 
+_DEAD_PORTS: list[socket.socket] = []
+
+
+def dead_url() -> str:
+    """The URL of a port that refuses connections for the whole test run: bound, never
+    listening, so no server started later (in this process or another) can take it. A
+    port merely free at import was sometimes taken by a test server later, and a client
+    meant to find nothing got that server's 401."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _DEAD_PORTS.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:

@@ -138,10 +138,10 @@ def test_start_conflicts(api):
     api("patch", "/experiments/c", {"traffic_percentage": 30, "version": 1})
     assert api("post", "/experiments/c/start")["ranges"] == [[7000, 10000]]
     api("post", "/experiments/c/stop", {})
-    api("post", "/experiments", experiment("d", flag="other", traffic=10, end_at="2020-01-01T00:00:00Z",
-                                           variants=[{"variant": "off", "is_control": True},
-                                                     {"variant": "on"}]), 201)
-    assert "window has already ended" in api("post", "/experiments/d/start", status=409)["message"]
+    past = api("post", "/experiments", experiment("d", flag="other", traffic=10, end_at="2020-01-01T00:00:00Z",
+                                                  variants=[{"variant": "off", "is_control": True},
+                                                            {"variant": "on"}]), 422)
+    assert "could never run" in past["errors"]["json"]["end_at"][0]  # was created, then never startable
 
 
 def test_draft_delete_removes_rule(api):

@@ -18,12 +18,12 @@ import pytest
 from flagship.sdk import Client
 from flagship.sdk.stream import SseEvent, SseParser
 from flagship.sdk.transport import parse_retry_after
-from tests.sdk_server import Server, free_port, shared_server, wait_for
+from tests.sdk_server import Server, dead_url, shared_server, wait_for
 
 FAST: dict[str, Any] = {"poll_interval": 0.2, "jitter": 0.0, "max_backoff": 0.4, "timeout": 2.0}
 BOOL_FLAG = {"key": "checkout", "type": "boolean", "variants": {"on": True, "off": False},
              "default_variant": "off"}
-DEAD_URL = f"http://127.0.0.1:{free_port()}"
+DEAD_URL = dead_url()
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from openfeature.track import TrackingEventDetails
 
 from flagship.sdk import Client
 from flagship.sdk.openfeature import FlagshipProvider, to_context
-from tests.sdk_server import Server, free_port, shared_server, wait_for
+from tests.sdk_server import Server, dead_url, shared_server, wait_for
 
 FAST: dict[str, Any] = {"poll_interval": 0.2, "jitter": 0.0, "max_backoff": 0.4, "timeout": 2.0}
-DEAD_URL = f"http://127.0.0.1:{free_port()}"
+DEAD_URL = dead_url()
 FLAGS = [
     {"key": "of-bool", "type": "boolean", "variants": {"on": True, "off": False},
      "default_variant": "off", "rules": [{"id": "beta", "kind": "force", "variant": "on", "conditions": [

@@ -205,6 +205,7 @@ def create_experiment(runtime: Runtime, actor: str, doc: dict[str, Any],
             if store.get_experiment(tx.session, doc["key"]) is not None:
                 raise ConflictError(f"experiment {doc['key']!r} already exists", {"key": ["already exists"]})
             experiment = _validated(runtime, tx.session, doc, environment)
+            _check_end_ahead(experiment, tx.now)
             flags.claim_salts(tx, "experiment", experiment.key, set(), {experiment.salt})
             if _flag_variants(tx.session, experiment.flag, environment) is None:
                 flags.insert_flag(tx, runtime, flag_from_variants(
@@ -256,10 +257,20 @@ def _new_epoch(record: ExperimentRecord, experiment: Experiment, now: datetime) 
     record.epochs = epochs
 
 
+def _check_end_ahead(experiment: Experiment, now: datetime) -> None:
+    """A draft must be able to run: an end already past made a draft that no start could
+    ever open (the 409 came only then)."""
+    if experiment.end_at is not None and experiment.end_at <= now:
+        raise ValidationError(f"is in the past ({experiment.end_at.isoformat()}): the experiment "
+                              "could never run", field="end_at")
+
+
 def _apply_config(tx: Tx, runtime: Runtime, record: ExperimentRecord, merged: dict[str, Any],
                   action: str) -> dict[str, Any]:
     """Validate and store a new configuration of `record` (update or restore)."""
     experiment = _validated(runtime, tx.session, merged, record.environment)
+    if record.status == "draft":
+        _check_end_ahead(experiment, tx.now)
     canonical = experiment_to_dict(experiment)
     changed = _check_change(record, canonical)
     before = _state_doc(record)
