@@ -352,8 +352,8 @@ def environment(named: str | None = None) -> str:
         return bound
     if requested is None:
         return runtime().config["DEFAULT_ENVIRONMENT"]
-    # a mistyped one is a 404 here, for every endpoint alike: some (events, alert rules,
-    # layers) used to act in it, storing what could never count or listing nothing
+    # a mistyped one is a 404 here, for every endpoint alike: some (events, layers) used to
+    # act in it, storing what could never count or listing nothing
     with runtime().db.session() as session:
         require_environment(session, requested)
     return requested

@@ -14,6 +14,7 @@ from flask import (Blueprint, Flask, abort, current_app, g, render_template, req
 from htmx_flask import make_response as hx_response
 
 from flagship import environments as environment_service
+from flagship.api import MAX_PAGE
 from flagship.errors import (AuthenticationError, ConflictError, FlagshipError, NotFoundError,
                              PermissionDeniedError, ValidationError)
 from flagship.experiments import report
@@ -96,11 +97,9 @@ def _built(script_root: str, endpoint: str, values: tuple[tuple[str, Any], ...])
 
 # -- rendering ----------------------------------------------------------------------------
 
-MAX_PAGE = 1_000_000  # as the API's: page x per_page stays far inside SQL's OFFSET
-
-
 def page_arg() -> int:
-    """`?page=` of a list, 1 to MAX_PAGE (a larger one overflowed SQLite's OFFSET: a 500)."""
+    """`?page=` of a list, 1 to the API's MAX_PAGE (a larger one overflowed SQLite's OFFSET:
+    a 500)."""
     return min(max(1, request.args.get("page", 1, type=int) or 1), MAX_PAGE)
 
 
