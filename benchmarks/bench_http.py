@@ -14,7 +14,7 @@ With `--noise 0.5`, a competing process busy-loops half of every 20 ms on the sh
 for the whole run (a noisy neighbour, made repeatable): the tail then shows whether
 flagship degrades more than the bare app under the same contention.
 
-    python benchmarks/bench_http.py [--rate 500] [--seconds 10] [--noise 0.5]
+    python benchmarks/bench_http.py [--rate 500] [--seconds 10] [--closed-seconds 5] [--noise 0.5]
 """
 from __future__ import annotations
 
@@ -286,6 +286,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--flags", type=int, default=1000)
+    parser.add_argument("--closed-seconds", type=float, default=5.0,
+                        help="length of the closed-loop throughput run")
     parser.add_argument("--noise", type=float, default=0.0,
                         help="busy share of a competing process on the shared cores (0 to <1)")
     args = parser.parse_args()
@@ -310,7 +312,8 @@ def main() -> None:
                   f"max {result['max_ms']:.0f} ms, errors {result['errors']} (target p99 <= 10 ms)")
             open_loop(bare_port, {}, 200, 1)  # warm up both bare workers
             print(floor(bare_port, args.rate, args.seconds, evaluate_body))
-            print(f"POST /evaluate closed loop, 8 connections: {closed_loop(port, headers, 5):.0f} req/s")
+            print(f"POST /evaluate closed loop, 8 connections: "
+                  f"{closed_loop(port, headers, args.closed_seconds):.0f} req/s")
             seed_experiment(port, headers)
             # warm up: each worker recompiles the snapshot once after the experiment starts
             open_loop(port, headers, 100, 1, make=lambda i: assign_body(10_000_000 + i))

@@ -29,12 +29,13 @@ def test_sufficient_statistics_benchmark_runs():
 
 
 def test_http_benchmark_runs_with_a_noisy_neighbour():
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_http.py"), "--seconds", "1", "--rate", "100",
-                           "--flags", "5", "--noise", "0.3"],
+    # light: the suite's other worker runs timing-sensitive tests on the same two cores
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_http.py"), "--seconds", "0.5", "--rate", "40",
+                           "--flags", "3", "--closed-seconds", "0.2", "--noise", "0.05"],
                           capture_output=True, text=True, timeout=300, cwd=BENCHMARKS)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    assert "with a competing process busy 30% of the time" in out
+    assert "with a competing process busy 5% of the time" in out
     assert out.count("the machine's floor now") == 2 and "errors 0" in out and "GET /sdk/snapshot 304" in out
     # the competing process went with the run
     left = subprocess.run(["pgrep", "-f", "busy = float"], capture_output=True, text=True)

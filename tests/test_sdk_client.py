@@ -73,10 +73,12 @@ def test_evaluates_locally_and_picks_up_a_change_within_one_poll(server: Server,
         assert client.ready(5) and client.status == "ready"
         assert client.bool_value("checkout", {"key": "u-1"}, True) is False
         server.patch_flag("checkout", {"default_variant": "on"})
-        changed = time.monotonic()
-        assert wait_for(lambda: client.bool_value("checkout", {"key": "u-1"}, False), 2)
-        assert time.monotonic() - changed < FAST["poll_interval"] + 0.5
-        server.patch_flag("checkout", {"default_variant": "off"})
+        try:
+            changed = time.monotonic()
+            assert wait_for(lambda: client.bool_value("checkout", {"key": "u-1"}, False), 2)
+            assert time.monotonic() - changed < FAST["poll_interval"] + 0.5
+        finally:  # the shared server's flag as the next tests expect it, whatever happened
+            server.patch_flag("checkout", {"default_variant": "off"})
 
 
 def test_typed_helpers_return_the_default_on_every_error_path(server: Server, sdk_key: str) -> None:
