@@ -302,18 +302,16 @@ def test_sse_parser_reads_revision_events_and_skips_heartbeats() -> None:
                       SseEvent("message", "plain", "7")]
 
 
-class _Throttling(http.server.BaseHTTPRequestHandler):
-    """429 with Retry-After in seconds, then 503 with an HTTP date, then the snapshot."""
+class _Sequence(http.server.BaseHTTPRequestHandler):
+    """Answers snapshot GETs from a list of (status, headers, body); the last one repeats."""
 
-    answers: list[tuple[int, dict[str, str]]] = []
+    answers: list[tuple[int, Any, bytes]] = []  # headers: a dict, or a callable making one
     seen: list[float] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.seen.append(time.monotonic())
-        status, headers = self.answers.pop(0) if self.answers else (200, {})
-        if headers.get("Retry-After") == "in 2 s as a date":
-            headers = {"Retry-After": formatdate(time.time() + 2, usegmt=True)}
-        body = json.dumps({"revision": 4, "flags": [BOOL_FLAG]}).encode() if status == 200 else b"{}"
+        status, headers, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        headers = headers() if callable(headers) else headers
         self.send_response(status)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(name, value)
@@ -324,17 +322,27 @@ class _Throttling(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_retry_after_is_honoured_in_seconds_and_as_a_date() -> None:
-    _Throttling.answers = [(429, {"Retry-After": "1"}),
-                           (503, {"Retry-After": "in 2 s as a date"})]
-    _Throttling.seen = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+def _serve_sequence(answers: list[tuple[int, Any, bytes]]) -> http.server.ThreadingHTTPServer:
+    _Sequence.answers, _Sequence.seen = answers, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sequence)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def _snapshot(revision: int, **extra: Any) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"revision": revision, "flags": [BOOL_FLAG], **extra}).encode()
+    return 200, {"ETag": f'"r{revision}"'}, body
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date() -> None:
+    # 429 with Retry-After in seconds, then 503 with an HTTP date 2 s ahead, then the snapshot
+    in_two_seconds = lambda: {"Retry-After": formatdate(time.time() + 2, usegmt=True)}  # noqa: E731
+    httpd = _serve_sequence([(429, {"Retry-After": "1"}, b"{}"), (503, in_two_seconds, b"{}"), _snapshot(4)])
     try:
         with Client(f"http://127.0.0.1:{httpd.server_port}", "k", poll_interval=0.05, jitter=0.0,
                     max_backoff=0.05) as client:
             assert client.ready(5) and client.revision == 4
-            first, second, third = _Throttling.seen[:3]
+            first, second, third = _Sequence.seen[:3]
         assert second - first >= 0.95  # not the 0.05 s backoff
         assert third - second >= 0.95  # an HTTP date has 1 s resolution: 1-2 s
     finally:
@@ -380,37 +388,6 @@ def test_a_plugin_operator_the_client_lacks_errs_only_where_it_is_reached(caplog
     assert "operator 'is_even', which this client does not have" in caplog.text
     with Client(DEAD_URL, "k", bootstrap=doc, operators=with_plugin, **FAST) as client:
         assert client.bool_value("plugged", {"key": "u", "age": 4}, False) is True  # with the plugin: evaluated
-
-
-class _Sequence(http.server.BaseHTTPRequestHandler):
-    """Answers snapshot GETs from a list of (status, headers, body); the last one repeats."""
-
-    answers: list[tuple[int, dict[str, str], bytes]] = []
-    seen: list[float] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.seen.append(time.monotonic())
-        status, headers, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _serve_sequence(answers: list[tuple[int, dict[str, str], bytes]]) -> http.server.ThreadingHTTPServer:
-    _Sequence.answers, _Sequence.seen = answers, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sequence)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
-
-
-def _snapshot(revision: int, **extra: Any) -> tuple[int, dict[str, str], bytes]:
-    body = json.dumps({"revision": revision, "flags": [BOOL_FLAG], **extra}).encode()
-    return 200, {"ETag": f'"r{revision}"'}, body
 
 
 def test_a_snapshot_that_does_not_compile_never_stops_polling() -> None:
